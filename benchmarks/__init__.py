@@ -1,0 +1,1 @@
+"""Benchmarks that reproduce the paper's protocols (installed as ``unite_sci_benchmarks``)."""

@@ -1,0 +1,50 @@
+"""Atom helpers shared by the molecule (QM9) and crystal (MP-20) adapters.
+
+Element data come from ase (``ase.data``) so that symbols, atomic numbers and masses are stated once.
+Coordinates are in Angstrom everywhere in this module.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase.data import atomic_masses, atomic_numbers, chemical_symbols
+
+from unite_sci.errors import DataError
+
+MAX_Z = 100  # elements 1..100 can be represented; 0 is padding
+
+
+def symbol_to_z(symbol: str) -> int:
+    """Atomic number of an element symbol ("C" -> 6); DataError for an unknown symbol."""
+    z = atomic_numbers.get(symbol.strip().capitalize() if len(symbol.strip()) <= 2 else symbol)
+    if z is None or z < 1 or z > MAX_Z:
+        raise DataError(f"unknown element symbol {symbol!r}")
+    return int(z)
+
+
+def z_to_symbol(z: int) -> str:
+    """Element symbol of an atomic number (6 -> "C")."""
+    if not 1 <= int(z) <= MAX_Z:
+        raise DataError(f"atomic number {z} is outside 1..{MAX_Z}")
+    return chemical_symbols[int(z)]
+
+
+def masses(z: np.ndarray) -> np.ndarray:
+    """Atomic masses (amu) for an array of atomic numbers."""
+    return atomic_masses[np.asarray(z, dtype=int)]
+
+
+def center_of_mass(z: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Mass-weighted centre (3,) of positions (N, 3) in Angstrom."""
+    m = masses(z)
+    return (m[:, None] * pos).sum(0) / m.sum()
+
+
+def random_rotations(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniformly random proper rotation matrices (n, 3, 3), via QR of a Gaussian matrix."""
+    a = torch.randn(n, 3, 3, generator=generator)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)  # unique Haar-distributed Q
+    det = torch.det(q)
+    q[det < 0, :, 0] *= -1  # reflections -> rotations
+    return q

@@ -1,0 +1,1 @@
+"""crystals adapter package."""

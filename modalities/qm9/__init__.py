@@ -1,0 +1,1 @@
+"""qm9 adapter package."""

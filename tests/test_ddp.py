@@ -1,0 +1,26 @@
+"""Two gloo processes under torchrun follow the single-process run with the same global batch."""
+import json
+import os
+import subprocess
+import sys
+
+from test_cli import TINY
+
+ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+
+
+def losses(out):
+    return [json.loads(r)["loss"] for r in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_process_gloo_matches_one_process(tmp_path):
+    args = ["train", "--modality", "toy", "--max-steps", "4", *TINY, "train.log_every=1", "flow.flow_batches=2"]
+    subprocess.run([sys.executable, "-m", "unite_sci.cli", *args, "--out", str(tmp_path / "one")],
+                   check=True, env=ENV, capture_output=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        "--master_port=29531", "-m", "unite_sci.cli", *args, "--out", str(tmp_path / "two")],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    assert all(abs(a - b) <= 1e-4 * max(1.0, abs(a)) for a, b in zip(one, two)), (one, two)

@@ -1,0 +1,133 @@
+"""Trainer: exact resume, atomic checkpoints, schedules, EMA, two-stage phases, non-finite steps."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from unite_sci.checkpoint import atomic_save, latest_complete, list_checkpoints, load_checkpoint
+from unite_sci.config import OptimConfig, build_config
+from unite_sci.errors import UserError
+from unite_sci.testing import TINY
+from unite_sci.trainer import EMA, StepBatchSampler, Trainer, lr_at
+from unite_sci_modalities.toy import ToyAdapter, ToyConfig
+
+
+def make_trainer(out: Path, *extra: str) -> Trainer:
+    cfg = build_config("toy", ToyConfig, [], TINY + [
+        "data.num_train=64", "data.num_test=8", "train.batch_size=16", "train.max_steps=8",
+        "train.ckpt_every=4", "train.log_every=1", "train.progress=false", "optim.warmup_steps=2",
+        "flow.flow_batches=2", *extra])
+    return Trainer(cfg, ToyAdapter(cfg.data), out)
+
+
+def flat_state(tr: Trainer) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v for k, v in tr.model.state_dict().items()}
+    out.update({f"ema.{k}": v for k, v in tr.ema.state_dict().items()})
+    for i, o in enumerate(tr.optimizers):
+        for pid, st in o.state_dict()["state"].items():
+            out.update({f"opt{i}.{pid}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
+    return out
+
+
+@pytest.mark.parametrize("optim", ["adamw", "muon"])
+def test_resume_is_bit_exact(tmp_path, optim):
+    straight = make_trainer(tmp_path / "a", f"optim.name={optim}")
+    straight.fit()
+    half = make_trainer(tmp_path / "b", f"optim.name={optim}")
+    half.fit(stop_at=4)  # as if killed after the step-4 checkpoint
+    resumed = make_trainer(tmp_path / "b", f"optim.name={optim}")
+    resumed.fit(resume=True)
+    a, b = flat_state(straight), flat_state(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
+    rows_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    rows_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda rows: [r.split('"elapsed_s"')[0] + r.split('"samples_per_s"')[1].split(",", 1)[1] for r in rows]  # noqa: E731
+    assert strip(rows_a) == strip(rows_b)
+    assert (tmp_path / "a" / "loss.png").exists() and (tmp_path / "a" / "config.yaml").exists()
+
+
+def test_checkpoint_loads_weights_only_and_holds_everything(tmp_path):
+    tr = make_trainer(tmp_path)
+    tr.fit()
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert {"model", "ema", "optimizers", "step", "rng", "config", "modality", "phase"} <= set(state)
+    assert state["step"] == 8 and "model:" in state["config"]
+
+
+def test_atomic_save_survives_interrupted_write(tmp_path, monkeypatch):
+    good = {"format": "unite-sci/1", "x": torch.arange(3)}
+    atomic_save(good, tmp_path / "step_00000001.pt")
+
+    def broken_save(obj, fh):
+        fh.write(b"partial bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(UserError, match="No space left"):
+        atomic_save(good, tmp_path / "step_00000002.pt")
+    assert not (tmp_path / "step_00000002.pt").exists() and not list(tmp_path.glob("*.tmp"))
+    assert torch.equal(load_checkpoint(tmp_path / "step_00000001.pt")["x"], torch.arange(3))
+
+
+def test_latest_complete_skips_damaged_and_temporary_files(tmp_path):
+    atomic_save({"format": "unite-sci/1", "step": 1, "modality": "toy"}, tmp_path / "step_00000001.pt")
+    (tmp_path / "step_00000002.pt").write_bytes(b"truncated")  # damaged (e.g. a copy cut short)
+    (tmp_path / "step_00000003.pt.tmp").write_bytes(b"half")   # an interrupted write
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001.pt", "step_00000002.pt"]
+    assert latest_complete(tmp_path)["step"] == 1
+
+
+def test_resume_refuses_other_model_config(tmp_path):
+    make_trainer(tmp_path).fit()
+    with pytest.raises(UserError, match="model.depth"):
+        make_trainer(tmp_path, "model.depth=3").fit(resume=True)
+
+
+def test_lr_warmup_then_cosine():
+    o = OptimConfig(lr=1.0, warmup_steps=10, min_lr=0.0)
+    assert lr_at(0.0, 0, 1.0, o) == pytest.approx(0.1)
+    assert lr_at(0.0, 9, 1.0, o) == pytest.approx(1.0)
+    assert lr_at(0.5, 50, 1.0, o) == pytest.approx(0.5)
+    assert lr_at(1.0, 100, 1.0, o) == pytest.approx(0.0)
+
+
+def test_ema_update_formula():
+    m = torch.nn.Linear(1, 1, bias=False)
+    m.weight.data.fill_(0.0)
+    ema = EMA(m, 0.9)
+    m.weight.data.fill_(1.0)
+    ema.update(m)
+    assert ema.shadow["weight"].item() == pytest.approx(0.1)
+
+
+def test_step_sampler_is_a_function_of_the_step_and_shards_the_global_batch():
+    s = StepBatchSampler(100, 10, seed=3, start_step=0)
+    assert s.indices(12) == StepBatchSampler(100, 10, seed=3, start_step=12).indices(12)
+    r0, r1 = StepBatchSampler(100, 10, 3, 0, 0, 2), StepBatchSampler(100, 10, 3, 0, 1, 2)
+    assert r0.indices(5) + r1.indices(5) == s.indices(5)
+
+
+def test_two_stage_freezes_the_tokenizer_in_phase_two(tmp_path):
+    tr = make_trainer(tmp_path, "train.mode=two_stage", "model.shared_weights=false")
+    tr.fit(stop_at=4)
+    assert tr.phase == "tokenizer"
+    tr2 = make_trainer(tmp_path, "train.mode=two_stage", "model.shared_weights=false")
+    enc_before = {k: v.clone() for k, v in tr2.model.encoder.state_dict().items()}
+    tr2.fit(resume=True)
+    assert tr2.phase == "denoiser"
+    enc_ckpt = load_checkpoint(tmp_path / "checkpoints" / "step_00000004.pt")["model"]
+    final = tr2.model.encoder.state_dict()
+    assert all(torch.equal(final[k], enc_ckpt[f"encoder.{k}"]) for k in final)
+    assert any(not torch.equal(final[k], enc_before[k]) for k in final)  # it did load the trained one
+
+
+def test_nonfinite_steps_are_skipped_then_abort(tmp_path, monkeypatch):
+    tr = make_trainer(tmp_path, "train.max_nonfinite=3")
+    monkeypatch.setattr(tr.adapter, "reconstruction_loss",
+                        lambda out, b: (out["points"].sum() * float("nan"), {}))
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    with pytest.raises(UserError, match="3 steps in a row"):
+        tr.fit()
+    assert tr.skipped == 3
+    assert all(torch.equal(v, before[k]) for k, v in tr.model.state_dict().items())

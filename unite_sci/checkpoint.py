@@ -1,0 +1,103 @@
+"""Checkpoints: one file per save, written atomically, loadable with ``weights_only=True``.
+
+A save writes ``step_XXXXXXXX.pt.tmp``, flushes and fsyncs it, renames it over the final name and
+fsyncs the folder, so a crash leaves either the previous set of complete checkpoints or the new one,
+never a half-written file under a valid name. ``last.pt`` is a copy of the newest (same procedure).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+FORMAT = "unite-sci/1"
+_STEP_RE = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file + fsync + rename. Raises UserError on a full/readonly disk."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write checkpoint '{path}': {e.strerror or e}") from None
+
+
+def save_checkpoint(state: dict[str, Any], ckpt_dir: Path, step: int, keep: int) -> Path:
+    """Write ``step_XXXXXXXX.pt`` and ``last.pt``; prune to the ``keep`` newest step files."""
+    state = {"format": FORMAT, **state}
+    path = Path(ckpt_dir) / f"step_{step:08d}.pt"
+    atomic_save(state, path)
+    atomic_save(state, Path(ckpt_dir) / "last.pt")
+    for old in list_checkpoints(ckpt_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Complete step checkpoints, oldest first (temporary files are never listed)."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if _STEP_RE.match(p.name))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with ``weights_only=True``; UserError naming the file if it is missing or not ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated file, pickle of foreign objects...
+        raise UserError(f"checkpoint '{path}' cannot be read: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"checkpoint '{path}' is not a unite-sci checkpoint ({FORMAT})")
+    return state
+
+
+def latest_complete(ckpt_dir: Path) -> dict[str, Any] | None:
+    """The newest checkpoint that loads; skips (and names) damaged ones. None if there is none."""
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            state = load_checkpoint(path)
+        except UserError as e:
+            print(f"warning: skipping damaged checkpoint: {e}")
+            continue
+        state["path"] = str(path)
+        return state
+    return None
+
+
+def file_hash(path: Path) -> str:
+    """Short sha256 of a file, recorded in every metrics file next to the numbers it produced."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

@@ -1,0 +1,181 @@
+"""``unite-sci`` command line: parses, loads config, calls one library function per subcommand.
+
+A user mistake (missing file, bad value, unknown modality) exits with status 2 and one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable
+
+# Set before torch loads: with 2 threads and any other load, OpenMP spinning made steps 5x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+BENCHMARK_GROUP = "unite_sci.benchmarks"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unite-sci", description="Single-stage generative modelling (UNITE).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="registered modalities, benchmarks and presets")
+
+    t = sub.add_parser("train", help="train a model (single stage by default)")
+    t.add_argument("--modality", required=True)
+    t.add_argument("--preset", help="model preset (tiny, small, S, B, L, XL)")
+    t.add_argument("--config", help="YAML file merged over configs/<modality>.yaml")
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--budget-minutes", type=float)
+    t.add_argument("--out", help="run folder (default runs/<modality>)")
+    t.add_argument("--data-dir", help="folder with the data set's files (modality-specific)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    t.add_argument("overrides", nargs="*", help="key=value config overrides")
+
+    s = sub.add_parser("sample", help="generate samples from a checkpoint")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--num", type=int, required=True)
+    s.add_argument("--solver", choices=["heun", "euler", "dopri5"])
+    s.add_argument("--steps", type=int)
+    s.add_argument("--cfg", type=float, help="classifier-free guidance scale")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--out", required=True, help="folder for the exported samples")
+
+    e = sub.add_parser("evaluate", help="metrics of samples on disk")
+    e.add_argument("--modality", required=True)
+    e.add_argument("--samples", required=True)
+    e.add_argument("--per-sample", help="CSV with one row per sample")
+    e.add_argument("--out", help="write the metrics JSON here too")
+    e.add_argument("--data-dir")
+
+    b = sub.add_parser("benchmark", help="train for a budget (or load), sample, evaluate, report")
+    b.add_argument("name", help="a benchmark (see `unite-sci list`) or a modality")
+    b.add_argument("--budget-minutes", type=float)
+    b.add_argument("--num-samples", type=int)
+    b.add_argument("--checkpoint")
+    b.add_argument("--out")
+    b.add_argument("overrides", nargs="*", help="key=value config overrides")
+    return p
+
+
+def _benchmarks() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=BENCHMARK_GROUP)}
+
+
+def _check_positive(name: str, value: float | None) -> None:
+    from .errors import UserError
+
+    if value is not None and value <= 0:
+        raise UserError(f"{name} must be > 0, got {value}")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from .adapter import available
+    from .model import CPU_PRESETS, PRESETS
+
+    print("modalities:", ", ".join(available()))
+    print("benchmarks:", ", ".join(sorted(_benchmarks())))
+    for name, p in PRESETS.items():
+        tag = " (CPU preset)" if name in CPU_PRESETS else ""
+        print(f"preset {name}: depth {p['depth']}, width {p['width']}, heads {p['heads']}; "
+              f"decoder {p['dec_depth']}/{p['dec_width']}/{p['dec_heads']}{tag}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .engine import load_config, train
+
+    _check_positive("--max-steps", args.max_steps)
+    _check_positive("--budget-minutes", args.budget_minutes)
+    over = list(args.overrides)
+    if args.preset:
+        over.append(f"model.preset={args.preset}")
+    if args.max_steps is not None:
+        over.append(f"train.max_steps={args.max_steps}")
+    if args.budget_minutes is not None:
+        over.append(f"train.budget_minutes={args.budget_minutes}")
+    if args.data_dir:
+        over.append(f"data.data_dir={args.data_dir}")
+    over.append(f"out={args.out or os.path.join('runs', args.modality)}")
+    cfg = load_config(args.modality, args.config, over)
+    summary = train(cfg, resume=args.resume)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from .engine import sample_to_disk
+
+    _check_positive("--num", args.num)
+    _check_positive("--steps", args.steps)
+    meta = sample_to_disk(args.checkpoint, args.out, args.num,
+                          {"solver": args.solver, "steps": args.steps, "cfg": args.cfg, "seed": args.seed})
+    print(json.dumps({k: meta[k] for k in ("num_samples", "solver", "steps", "samples_per_s", "files")}, indent=2))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .engine import evaluate_path, write_json
+
+    over = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
+    metrics = evaluate_path(args.modality, args.samples, args.per_sample, over)
+    if args.out:
+        write_json(metrics, args.out)
+    print(json.dumps(metrics, indent=2, default=str))
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from .adapter import available
+    from .errors import UserError
+
+    _check_positive("--budget-minutes", args.budget_minutes)
+    _check_positive("--num-samples", args.num_samples)
+    out = args.out or os.path.join("runs", f"benchmark_{args.name}")
+    benches = _benchmarks()
+    if args.name in benches:
+        fn: Callable[..., Any] = benches[args.name].load()
+        report = fn(out=out, budget_minutes=args.budget_minutes, num_samples=args.num_samples,
+                    checkpoint=args.checkpoint, overrides=list(args.overrides))
+    elif args.name in available():
+        from .protocol import markdown_table, run_protocol, write_report
+
+        res = run_protocol(args.name, out, args.budget_minutes, args.num_samples, args.checkpoint,
+                           list(args.overrides))
+        rows = [{"metric": k, "value": v} for k, v in {**res["generation"], **res["reconstruction"]}.items()
+                if isinstance(v, (int, float))]
+        report = write_report(out, f"unite-sci benchmark: {args.name}",
+                              [("Results", markdown_table(rows, ["metric", "value"]))], res)
+    else:
+        raise UserError(f"unknown benchmark {args.name!r}; available: "
+                        f"{', '.join(sorted(set(benches) | set(available())))}")
+    print(f"report: {report}")
+
+
+COMMANDS = {"list": cmd_list, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
+            "benchmark": cmd_benchmark}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    # key=value overrides may come before or after options: collect the leftovers here
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    from .errors import UserError
+
+    try:
+        COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; resume with --resume (checkpoints are complete files)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

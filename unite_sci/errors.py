@@ -1,0 +1,18 @@
+"""Errors that reach the user as one line, never as a traceback."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad file, bad value, unknown name).
+
+    The CLI prints ``error: <message>`` on stderr and exits with status 2. The message must name the
+    offending file, key or value so that one line is enough to act on it.
+    """
+
+
+class DataError(UserError):
+    """Input data that cannot be read: names the file (and row, when there is one) and the problem."""
+
+
+class ConfigError(UserError):
+    """A configuration key that is unknown, mistyped or out of range: names the key."""

@@ -1,0 +1,72 @@
+"""The benchmark protocol shared by every modality: train (or load), sample, evaluate, report.
+
+Modality benchmarks in ``benchmarks/`` call :func:`run_protocol` and add the published numbers; the
+scores are computed from samples saved on disk, so they can be recomputed without sampling again.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .engine import generate, load_config, load_model, provenance, reconstruct, train, write_json
+from .config import to_yaml
+
+
+def run_protocol(modality: str, out: str | Path, budget_minutes: float | None = None,
+                 num_samples: int | None = None, checkpoint: str | None = None,
+                 overrides: list[str] = (), recon_num: int = 1000, resume: bool = False) -> dict[str, Any]:
+    """Train for the budget (or load ``checkpoint``), sample, evaluate generation and reconstruction."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_summary: dict[str, Any] = {}
+    post = [o for o in overrides if o.startswith(("sample.", "data."))]
+    if checkpoint is None:
+        extra = [f"out={out / 'train'}"]
+        if budget_minutes is not None:
+            extra += [f"train.budget_minutes={budget_minutes}", "train.max_steps=0"]
+        cfg = load_config(modality, overrides=list(overrides) + extra)
+        train_summary = train(cfg, resume=resume)
+        checkpoint = train_summary["checkpoint"]
+    model, adapter, cfg = load_model(checkpoint, overrides=post)
+    num = num_samples or cfg.sample.num
+    samples, sample_info = generate(model, adapter, cfg.sample, num)
+    files = adapter.export(samples, out / "samples")
+    t0 = time.time()
+    gen = adapter.evaluate(samples, str(out / "per_sample.csv"))
+    gen_wall = time.time() - t0
+    inputs, recons = reconstruct(model, adapter, "test", recon_num)
+    t0 = time.time()
+    rec = adapter.evaluate_reconstruction(inputs, recons)
+    rec_wall = time.time() - t0
+    result = {"modality": modality, "generation": gen, "reconstruction": rec,
+              "reconstruction_num": len(inputs), "sampling": sample_info, "training": train_summary,
+              "evaluation_wall_s": {"generation": round(gen_wall, 1), "reconstruction": round(rec_wall, 1)},
+              "sample_files": [str(f) for f in files], **provenance(model, cfg), "config": to_yaml(cfg)}
+    write_json(result, out / "results.json")
+    return result
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.2f}" if abs(v) >= 0.1 or v == 0 else f"{v:.4f}"
+    return "–" if v is None else str(v)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "".join("| " + " | ".join(fmt(r.get(c)) for c in columns) + " |\n" for r in rows)
+
+
+def write_report(out: str | Path, title: str, sections: list[tuple[str, str]], data: dict[str, Any]) -> Path:
+    """``report.md`` (title + sections of markdown) and ``report.json`` (all numbers and settings)."""
+    out = Path(out)
+    text = f"# {title}\n\n" + "".join(f"## {h}\n\n{body.strip()}\n\n" for h, body in sections)
+    (out / "report.md").write_text(text)
+    write_json(data, out / "report.json")
+    return out / "report.md"
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,402 @@
+"""Training loop: optimisers, schedule, EMA, data order, distributed data parallel, checkpoints.
+
+Exact resume: the data order is a function of (seed, epoch), every step reseeds the RNGs from
+(seed, step, rank), and checkpoints hold model, EMA, optimisers, step and RNG states. A run of N steps
+therefore equals N/2 steps + resume + N/2 steps bit for bit on the CPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from .adapter import Adapter, Batch
+from .checkpoint import latest_complete, save_checkpoint
+from .config import OptimConfig, RunConfig, to_yaml
+from .errors import UserError
+from .unite import Unite
+
+
+# ----------------------------------------------------------------------------- environment
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of a torchrun launch, (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    rank, world = dist_info()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 9_973 + rank) % (2**63 - 1)
+
+
+# ----------------------------------------------------------------------------- data order
+class StepBatchSampler(Sampler[list[int]]):
+    """Index batches as a pure function of the step: epoch e uses permutation(seed + e).
+
+    The global batch of a step is split across ranks, so 2 processes see exactly the samples that
+    1 process sees with the same global batch size.
+    """
+
+    def __init__(self, size: int, batch: int, seed: int, start_step: int, rank: int = 0, world: int = 1):
+        if batch % world:
+            raise UserError(f"train.batch_size {batch} is not divisible by the {world} processes")
+        if size < batch:
+            raise UserError(f"training set has {size} items, fewer than train.batch_size {batch}")
+        self.size, self.batch, self.seed, self.start = size, batch, seed, start_step
+        self.rank, self.world = rank, world
+        self.per_epoch = size // batch
+
+    def indices(self, step: int) -> list[int]:
+        epoch, i = divmod(step, self.per_epoch)
+        perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+        glob = perm[i * self.batch:(i + 1) * self.batch]
+        local = self.batch // self.world
+        return glob[self.rank * local:(self.rank + 1) * local].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start
+        while True:
+            yield self.indices(step)
+            step += 1
+
+    def __len__(self) -> int:
+        return 2**62
+
+
+# ----------------------------------------------------------------------------- optimisation
+def build_optimizers(params: list[nn.Parameter], named: dict[int, str], ocfg: OptimConfig,
+                     lr: float) -> list[torch.optim.Optimizer]:
+    """AdamW on everything, or Muon on 2-D block weight matrices and AdamW on the rest."""
+    betas = tuple(ocfg.betas)
+    if ocfg.name == "adamw":
+        return [torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=ocfg.weight_decay)]
+    # Muon orthogonalises whole matrices: only the transformer blocks' 2-D weights qualify,
+    # embeddings, heads, norms and biases stay with AdamW (as in the published recipe).
+    matrix = [p for p in params if p.dim() == 2 and ".blocks." in named[id(p)]]
+    ids = {id(p) for p in matrix}
+    rest = [p for p in params if id(p) not in ids]
+    return [torch.optim.Muon(matrix, lr=lr, weight_decay=ocfg.weight_decay, adjust_lr_fn="match_rms_adamw"),
+            torch.optim.AdamW(rest, lr=lr, betas=betas, weight_decay=ocfg.weight_decay)]
+
+
+def lr_at(progress: float, step: int, base: float, ocfg: OptimConfig) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine to ``min_lr`` over the run's progress in [0, 1]."""
+    if step < ocfg.warmup_steps:
+        return base * (step + 1) / ocfg.warmup_steps
+    if ocfg.schedule == "constant":
+        return base
+    return ocfg.min_lr + 0.5 * (base - ocfg.min_lr) * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+class EMA:
+    """Exponential moving average of all parameters (decay per step)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.named_parameters():
+            self.shadow[k].lerp_(v.detach(), 1 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k in self.shadow:
+            self.shadow[k].copy_(state[k])
+
+
+def rng_state() -> dict[str, Any]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+
+
+# ----------------------------------------------------------------------------- the loop
+class Trainer:
+    """Trains one run folder: ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``loss.png``."""
+
+    def __init__(self, cfg: RunConfig, adapter: Adapter, out_dir: Path):
+        self.cfg, self.adapter, self.out = cfg, adapter, Path(out_dir)
+        t = cfg.train
+        self.device = resolve_device(t.device)
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.rank, self.world = init_distributed(self.device)
+        torch.manual_seed(t.seed)
+        self.splits = adapter.build_splits()
+        self.model = Unite(adapter, cfg).to(self.device)
+        self.model.shard = (self.rank, self.world)
+        self.ema = EMA(self.model, cfg.optim.ema_decay)
+        self.base_lr = cfg.optim.lr * (t.batch_size / cfg.optim.lr_reference_batch
+                                       if cfg.optim.lr_reference_batch else 1.0)
+        self.step, self.elapsed, self.nonfinite, self.skipped, self.phase_start = 0, 0.0, 0, 0, 0
+        self.phase = "joint" if t.mode == "single_stage" else "tokenizer"
+        self._build_optimizers()
+
+    # ------------------------------------------------------------------ set-up
+    def _build_optimizers(self) -> None:
+        self.model.phase = self.phase
+        params = [p for p in self.model.trainable_for_phase()]
+        for p in self.model.parameters():
+            p.requires_grad_(any(p is q for q in params))
+        named = {id(p): n for n, p in self.model.named_parameters()}
+        self.optimizers = build_optimizers(params, named, self.cfg.optim, self.base_lr)
+        self.ddp = self.model
+        if self.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, find_unused_parameters=self.phase != "joint")
+
+    def _loader(self) -> DataLoader:
+        t = self.cfg.train
+        sampler = StepBatchSampler(len(self.splits["train"]), t.batch_size, t.seed, self.step,
+                                   self.rank, self.world)
+        return DataLoader(self.splits["train"], batch_sampler=sampler, collate_fn=self.adapter.collate,
+                          num_workers=t.num_workers, persistent_workers=False)
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizers": [o.state_dict() for o in self.optimizers], "step": self.step,
+                "phase": self.phase, "phase_start": self.phase_start, "elapsed": self.elapsed, "skipped": self.skipped, "rng": rng_state(),
+                "config": to_yaml(self.cfg), "modality": self.adapter.name,
+                "adapter_state": self.adapter.state_dict()}
+
+    def resume(self) -> bool:
+        state = latest_complete(self.out / "checkpoints")
+        if state is None:
+            return False
+        if state["modality"] != self.adapter.name:
+            raise UserError(f"checkpoint '{state['path']}' is for modality {state['modality']!r}, "
+                            f"not {self.adapter.name!r}")
+        saved, now = state["config"], to_yaml(self.cfg)
+        if _arch_lines(saved) != _arch_lines(now):
+            raise UserError(f"checkpoint '{state['path']}' was trained with another model config: "
+                            f"{_first_diff(_arch_lines(saved), _arch_lines(now))}")
+        self.phase, self.phase_start = state["phase"], state["phase_start"]
+        self._build_optimizers()
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+        self.step, self.elapsed, self.skipped = state["step"], state["elapsed"], state["skipped"]
+        set_rng_state(state["rng"])
+        self._truncate_metrics(self.step)
+        return True
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log rows past the resumed step so metrics.jsonl reads as one uninterrupted run."""
+        path = self.out / "metrics.jsonl"
+        if self.rank or not path.is_file():
+            return
+        rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in rows if json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+    # ------------------------------------------------------------------ progress
+    def progress(self) -> float:
+        """Fraction of the run done, by steps or wall time, whichever is further."""
+        t = self.cfg.train
+        parts = []
+        if t.max_steps:
+            parts.append(self.step / t.max_steps)
+        if t.budget_minutes:
+            parts.append(self.elapsed / (60 * t.budget_minutes))
+        return max(parts) if parts else 0.0
+
+    def phase_progress(self) -> float:
+        """Progress inside the current phase (two-stage runs have two schedules)."""
+        p, f = self.progress(), self.cfg.train.tokenizer_fraction
+        if self.cfg.train.mode == "single_stage":
+            return p
+        return p / f if self.phase == "tokenizer" else (p - f) / max(1 - f, 1e-9)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, batch: Batch) -> dict[str, float] | None:
+        t = self.cfg.train
+        # every process draws the same numbers (the model slices its shard), so runs resume exactly
+        # and a data-parallel run follows the single-process one
+        torch.manual_seed(step_seed(t.seed, self.step, 0))
+        gen = torch.Generator().manual_seed(step_seed(t.seed, self.step, self.rank))
+        batch = self.adapter.augment(batch, gen).to(self.device)
+        phase_step = self.step - self.phase_start
+        lr = lr_at(self.phase_progress(), phase_step, self.base_lr, self.cfg.optim)
+        for o in self.optimizers:
+            for g in o.param_groups:
+                g["lr"] = lr
+        self.model.train()
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+        with autocast:
+            loss, logs = self.ddp(batch)
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        if not (torch.isfinite(loss) and torch.isfinite(norm)):
+            self.nonfinite += 1
+            self.skipped += 1
+            if self.nonfinite >= t.max_nonfinite:
+                raise UserError(f"training stopped: {self.nonfinite} steps in a row had a non-finite loss "
+                                f"or gradient (last loss {loss.item()}); lower optim.lr or check the data")
+            return None
+        self.nonfinite = 0
+        for o in self.optimizers:
+            o.step()
+        self.ema.update(self.model)
+        if self.world > 1:  # log the global batch's values, not this shard's
+            keys = sorted(logs)
+            vec = torch.stack([logs[k].float() for k in keys])
+            dist.all_reduce(vec)
+            logs = dict(zip(keys, vec / self.world))
+        out = {k: float(v) for k, v in logs.items()}
+        out.update(lr=lr, grad_norm=float(norm))
+        return out
+
+    # ------------------------------------------------------------------ run
+    def fit(self, resume: bool = False, stop_at: int | None = None) -> dict[str, Any]:
+        """Train until max_steps / budget. ``stop_at`` halts early without a final checkpoint,
+        as a killed run would (used to test resuming)."""
+        from tqdm import tqdm
+
+        t = self.cfg.train
+        if not t.max_steps and not t.budget_minutes:
+            raise UserError("set train.max_steps or train.budget_minutes (--max-steps / --budget-minutes)")
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(to_yaml(self.cfg))
+        resumed = self.resume() if resume else False
+        if not resumed and self.rank == 0:
+            (self.out / "metrics.jsonl").write_text("")
+        bar = tqdm(total=t.max_steps or None, initial=self.step, disable=not t.progress or self.rank > 0,
+                   desc=f"train {self.adapter.name}", dynamic_ncols=True)
+        last_ckpt_time, last_ckpt_step = time.time(), self.step
+        window_t, window_n = time.time(), 0
+        loader = iter(self._loader())
+        log = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
+        try:
+            while not self._done():
+                if stop_at is not None and self.step >= stop_at:
+                    return {"steps": self.step, "stopped": True}
+                if t.mode == "two_stage" and self.phase == "tokenizer" and self.progress() >= t.tokenizer_fraction:
+                    self.phase, self.phase_start = "denoiser", self.step
+                    self._build_optimizers()
+                t0 = time.time()  # wall time of the step, data loading included
+                logs = self.train_step(next(loader))
+                self.elapsed += time.time() - t0
+                self.step += 1
+                window_n += t.batch_size
+                bar.update(1)
+                if logs is not None and (self.step % t.log_every == 0 or self._done()):
+                    rate = window_n / max(time.time() - window_t, 1e-9)
+                    window_t, window_n = time.time(), 0
+                    row = {"step": self.step, "phase": self.phase, "elapsed_s": round(self.elapsed, 2),
+                           "samples_per_s": round(rate, 1), **{k: round(v, 6) for k, v in logs.items()}}
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}", rec=f"{logs.get('rec', 0):.4f}",
+                                    flow=f"{logs.get('flow', 0):.4f}", sps=f"{rate:.0f}")
+                    if log:
+                        log.write(json.dumps(row) + "\n")
+                        log.flush()
+                due = (self.step - last_ckpt_step >= t.ckpt_every
+                       or time.time() - last_ckpt_time >= 60 * t.ckpt_every_minutes)
+                if due and not self._done():
+                    self.save()
+                    last_ckpt_time, last_ckpt_step = time.time(), self.step
+        finally:
+            bar.close()
+            if log:
+                log.close()
+        path = self.save()
+        if self.rank == 0:
+            plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
+        return {"steps": self.step, "elapsed_s": self.elapsed, "skipped_steps": self.skipped,
+                "checkpoint": str(path), "device": str(self.device), "world_size": self.world}
+
+    def _done(self) -> bool:
+        t = self.cfg.train
+        return bool((t.max_steps and self.step >= t.max_steps)
+                    or (t.budget_minutes and self.elapsed >= 60 * t.budget_minutes))
+
+    def save(self) -> Path:
+        path = self.out / "checkpoints" / f"step_{self.step:08d}.pt"
+        if self.rank == 0:
+            for p in self.model.parameters():  # never write non-finite weights
+                if not torch.isfinite(p).all():
+                    raise UserError("refusing to save a checkpoint with non-finite weights")
+            path = save_checkpoint(self.state(), self.out / "checkpoints", self.step, self.cfg.train.keep_checkpoints)
+        if self.world > 1:
+            dist.barrier()
+        return path
+
+
+def _arch_lines(config_yaml: str) -> list[str]:
+    """The model section of a saved config: what must agree for weights to load."""
+    import yaml
+
+    model = yaml.safe_load(config_yaml).get("model", {})
+    return [f"model.{k}={model[k]}" for k in sorted(model)]
+
+
+def _first_diff(a: list[str], b: list[str]) -> str:
+    for x, y in zip(a, b):
+        if x != y:
+            return f"saved {x}, now {y.split('=', 1)[1]}"
+    return "different keys"
+
+
+def plot_losses(metrics: Path, out_png: Path) -> None:
+    """Loss curves (total, reconstruction, flow) against step, on a log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in Path(metrics).read_text().splitlines() if ln.strip()]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("loss", "rec", "flow"):
+        pts = [(r["step"], r[key]) for r in rows if key in r and r[key] > 0]
+        if pts:
+            ax.plot(*zip(*pts), label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,167 @@
+"""UNITE: the Generative Encoder, the decoder and the adapter's modules, and one training step's loss.
+
+``Unite.forward(batch)`` returns the loss of SPEC section 4:
+
+1. ``z0 = GE.tokenize(x)``; ``x_hat = Dec(noised z0)``; ``L_rec`` from the adapter.
+2. ``x1 = stopgrad(z0)``; for k = 1..K: fresh t', eps; ``x1_hat = GE.denoise(x_t, t', y)``; ``L_k``.
+3. ``L = L_rec + sum_k L_k``.
+
+The two-stage baseline uses the same module in two phases: ``tokenizer`` (L_rec only) and then
+``denoiser`` (flow loss of a separate denoiser on frozen tokenizer latents).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .adapter import Adapter, Batch
+from .config import RunConfig
+from .flow import flow_loss, interpolate, logit_normal_time
+from .model import PRESETS, GenerativeEncoder, LatentDecoder
+
+PHASES = ("joint", "tokenizer", "denoiser")
+
+
+@dataclass(frozen=True)
+class Arch:
+    depth: int
+    width: int
+    heads: int
+    dec_depth: int
+    dec_width: int
+    dec_heads: int
+
+
+def resolve_arch(cfg: RunConfig) -> Arch:
+    """Preset sizes, with any explicit ``model.*`` size overriding its preset value."""
+    p = dict(PRESETS[cfg.model.preset])
+    for key in p:
+        value = getattr(cfg.model, key)
+        if value is not None:
+            p[key] = value
+    return Arch(**p)
+
+
+class Unite(nn.Module):
+    def __init__(self, adapter: Adapter, cfg: RunConfig):
+        super().__init__()
+        self.adapter, self.cfg = adapter, cfg
+        a, m = resolve_arch(cfg), cfg.model
+
+        def make_ge() -> GenerativeEncoder:
+            return GenerativeEncoder(adapter.layout, m.latent_dim, a.width, a.depth, a.heads,
+                                     adapter.num_classes, m.mlp_ratio, m.time_freqs, m.rope_theta,
+                                     m.in_context_tokens, m.in_context_start, cfg.flow.tokenize_t_max)
+
+        self.encoder = make_ge()
+        # shared weights: the same module object, so exactly one parameter set
+        self.denoiser = self.encoder if m.shared_weights else make_ge()
+        self.decoder = LatentDecoder(adapter.layout, m.latent_dim, a.dec_width, a.dec_depth, a.dec_heads,
+                                     m.mlp_ratio, adapter.decoder_positions(a.dec_width))
+        self.embedder = adapter.build_embedder(a.width)
+        self.heads = adapter.build_heads(a.dec_width)
+        self.phase = "joint"
+        self.shard = (0, 1)  # (rank, world): random draws are made for the global batch and sliced
+
+    def _rand(self, kind: str, shape: tuple[int, ...], device: torch.device) -> Tensor:
+        """Uniform ("rand") or Gaussian ("randn") numbers for this process's slice of the global batch.
+
+        Drawing the whole global batch on every process makes a data-parallel run consume exactly the
+        random numbers of a single-process run with the same global batch.
+        """
+        rank, world = self.shard
+        full = (shape[0] * world,) + tuple(shape[1:])
+        x = (torch.rand if kind == "rand" else torch.randn)(full, device=device)
+        return x[rank * shape[0]:(rank + 1) * shape[0]]
+
+    def _rand_latents(self, b: int, mask: Tensor | None, device: torch.device) -> Tensor:
+        """Gaussian latents (B, K, C) drawn per register *position*, so padding never changes them."""
+        layout = self.encoder.layout
+        _, pos = layout.registers(mask, b, device)
+        full = self._rand("randn", (b, layout.table_size, self.cfg.model.latent_dim), device)
+        return full[:, pos[0]]
+
+    # ------------------------------------------------------------------ the pieces
+    def encode(self, batch: Batch) -> Tensor:
+        """Batch -> clean latents z0 (B, K, C)."""
+        tokens = self.embedder(batch.data, batch.mask)  # (B, N, d)
+        b, dev = tokens.shape[0], tokens.device
+        tok_mask = batch.mask if batch.mask is not None else torch.ones(tokens.shape[:2], dtype=torch.bool, device=dev)
+        noise = self._rand_latents(b, batch.mask, dev)
+        return self.encoder.tokenize(tokens, tok_mask, batch.mask, noise, self._rand("rand", (b,), dev))
+
+    def decode(self, z: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
+        """Latents (B, K, C) -> the adapter heads' outputs."""
+        return self.heads(self.decoder(z, mask), mask)
+
+    def decoder_noise(self, z: Tensor, mask: Tensor | None) -> Tensor:
+        """Training-only latent noise before the decoder (SPEC section 3), per sample with prob p."""
+        c = self.cfg.decoder_noise
+        if c.mode == "none" or not self.training:
+            return z
+        b = z.shape[0]
+        view = (b,) + (1,) * (z.dim() - 1)
+        apply = (self._rand("rand", (b,), z.device) < c.prob).view(view)
+        eps = self._rand_latents(b, mask, z.device)
+        if c.mode == "interpolate":
+            t = (c.t_min + (1 - c.t_min) * self._rand("rand", (b,), z.device)).view(view)
+            noised = t * z + (1 - t) * eps
+        else:
+            noised = z + c.sigma * eps
+        return torch.where(apply, noised, z)
+
+    def drop_labels(self, cond: Tensor) -> Tensor:
+        """Label dropout to the null entry (classifier-free guidance training)."""
+        if not self.training or self.adapter.num_classes == 0 or self.cfg.flow.label_dropout == 0:
+            return cond
+        drop = self._rand("rand", tuple(cond.shape), cond.device) < self.cfg.flow.label_dropout
+        return torch.where(drop, torch.full_like(cond, self.encoder.null_class), cond)
+
+    def flow_losses(self, x1: Tensor, cond: Tensor, mask: Tensor | None) -> list[Tensor]:
+        """K flow passes on clean latents x1 (B, K, C), each with fresh t' and eps."""
+        f = self.cfg.flow
+        reg_mask, _ = self.denoiser.layout.registers(mask, x1.shape[0], x1.device)
+        losses = []
+        for _ in range(f.flow_batches):
+            t = logit_normal_time(self._rand("randn", (x1.shape[0],), x1.device), f.logit_mean, f.logit_std, f.shift)
+            x_t = interpolate(x1, self._rand_latents(x1.shape[0], mask, x1.device), t)
+            x1_hat = self.denoiser.denoise(x_t, t, self.drop_labels(cond), mask)  # (B, K, C)
+            losses.append(flow_loss(x1_hat, x1, t, f.clamp, reg_mask))
+        return losses
+
+    # ------------------------------------------------------------------ one step
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss (scalar) and its parts for logging."""
+        logs: dict[str, Tensor] = {}
+        total = torch.zeros((), device=batch.cond.device)
+        if self.phase in ("joint", "tokenizer"):
+            z0 = self.encode(batch)  # (B, K, C)
+            out = self.decode(self.decoder_noise(z0, batch.mask), batch.mask)
+            l_rec, parts = self.adapter.reconstruction_loss(out, batch)
+            total = total + l_rec
+            logs["rec"] = l_rec.detach()
+            logs.update({f"rec/{k}": torch.as_tensor(v).detach() for k, v in parts.items()})
+        if self.phase == "denoiser":
+            with torch.no_grad():  # two-stage: the tokenizer is frozen
+                z0 = self.encode(batch)
+        if self.phase in ("joint", "denoiser"):
+            x1 = z0.detach() if (self.cfg.flow.stop_gradient or self.phase == "denoiser") else z0
+            flows = self.flow_losses(x1, batch.cond, batch.mask)
+            l_flow = torch.stack(flows).sum()  # summed over the K passes, not averaged
+            total = total + l_flow
+            logs["flow"] = l_flow.detach()
+        logs["loss"] = total.detach()
+        return total, logs
+
+    def trainable_for_phase(self) -> list[nn.Parameter]:
+        """Parameters that the current phase updates (all of them for single-stage training)."""
+        if self.phase == "joint":
+            return list(self.parameters())
+        if self.phase == "tokenizer":
+            keep = [self.encoder, self.decoder, self.embedder, self.heads]
+        else:
+            keep = [self.denoiser]
+        ids = {id(p) for mod in keep for p in mod.parameters()}
+        return [p for p in self.parameters() if id(p) in ids]
