@@ -27,7 +27,11 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -m ""
 
+# The main job on its small default: QM9 on the CPU for DEMO_MINUTES, then sample, evaluate, report.
+DEMO_MINUTES ?= 8
+DEMO_SAMPLES ?= 500
 demo: install
-	$(VENV)/bin/unite-sci train --modality toy --max-steps 300 --out runs/demo
-	$(VENV)/bin/unite-sci benchmark toy --checkpoint runs/demo/checkpoints/last.pt --num-samples 200 --out runs/demo/benchmark
+	$(VENV)/bin/unite-sci train --modality qm9 --budget-minutes $(DEMO_MINUTES) --out runs/demo
+	$(VENV)/bin/unite-sci benchmark qm9 --checkpoint runs/demo/checkpoints/last.pt --num-samples $(DEMO_SAMPLES) \
+		--out runs/demo/benchmark sanity=$(DEMO_SAMPLES)
 	cat runs/demo/benchmark/report.md

@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--per-sample", help="CSV with one row per sample")
     e.add_argument("--out", help="write the metrics JSON here too")
     e.add_argument("--data-dir")
+    e.add_argument("overrides", nargs="*", help="data.key=value settings of the modality")
 
     b = sub.add_parser("benchmark", help="train for a budget (or load), sample, evaluate, report")
     b.add_argument("name", help="a benchmark (see `unite-sci list`) or a modality")
@@ -117,7 +118,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .engine import evaluate_path, write_json
 
-    over = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
+    over = ([f"data.data_dir={args.data_dir}"] if args.data_dir else []) + list(args.overrides)
     metrics = evaluate_path(args.modality, args.samples, args.per_sample, over)
     if args.out:
         write_json(metrics, args.out)
