@@ -22,7 +22,7 @@ def make_trainer(out: Path, *extra: str) -> Trainer:
 
 def flat_state(tr: Trainer) -> dict[str, torch.Tensor]:
     out = {f"model.{k}": v for k, v in tr.model.state_dict().items()}
-    out.update({f"ema.{k}": v for k, v in tr.ema.state_dict().items()})
+    out.update({f"ema.{k}": v for k, v in tr.ema.state_dict().items()})  # includes the update count
     for i, o in enumerate(tr.optimizers):
         for pid, st in o.state_dict()["state"].items():
             out.update({f"opt{i}.{pid}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
@@ -95,10 +95,14 @@ def test_lr_warmup_then_cosine():
 def test_ema_update_formula():
     m = torch.nn.Linear(1, 1, bias=False)
     m.weight.data.fill_(0.0)
-    ema = EMA(m, 0.9)
+    ema = EMA(m, 0.9, warmup=False)
     m.weight.data.fill_(1.0)
     ema.update(m)
     assert ema.shadow["weight"].item() == pytest.approx(0.1)
+    warm = EMA(m, 0.9978)
+    assert warm.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    warm.updates = 10_000
+    assert warm.current_decay() == pytest.approx(0.9978)
 
 
 def test_step_sampler_is_a_function_of_the_step_and_shards_the_global_batch():
@@ -131,3 +135,15 @@ def test_nonfinite_steps_are_skipped_then_abort(tmp_path, monkeypatch):
         tr.fit()
     assert tr.skipped == 3
     assert all(torch.equal(v, before[k]) for k, v in tr.model.state_dict().items())
+
+
+def test_size_buckets_keep_every_item_once_per_epoch_and_cut_padding():
+    sizes = torch.randint(3, 30, (640,))
+    plain = StepBatchSampler(640, 32, 0, 0)
+    bucketed = StepBatchSampler(640, 32, 0, 0, sizes=sizes, bucket=10)
+    items = sum((bucketed.indices(s) for s in range(20)), [])
+    assert sorted(items) == list(range(640))
+    pad = lambda smp: sum(int(sizes[smp.indices(s)].max()) * 32 - int(sizes[smp.indices(s)].sum())  # noqa: E731
+                          for s in range(20))
+    assert pad(bucketed) < 0.3 * pad(plain)
+    assert bucketed.indices(7) == StepBatchSampler(640, 32, 0, 7, sizes=sizes, bucket=10).indices(7)

@@ -113,6 +113,10 @@ class Adapter(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def item_sizes(self, dataset: Dataset) -> Any:
+        """Elements per item (array (len,)), used to batch similar sizes together; None if fixed."""
+        ...
+
 
 class AdapterBase:
     """Defaults for the optional parts of the Protocol; subclass and override what the domain needs."""
@@ -139,6 +143,9 @@ class AdapterBase:
 
     def evaluate_reconstruction(self, inputs: list[Any], recons: list[Any]) -> dict[str, Any]:
         return {}
+
+    def item_sizes(self, dataset: Dataset) -> Any:
+        return None
 
     def null_cond(self, batch_size: int) -> Tensor:
         return torch.full((batch_size,), self.num_classes, dtype=torch.long)

@@ -66,6 +66,7 @@ class OptimConfig:
     min_lr: float = 1e-6
     grad_clip: float = 3.0
     ema_decay: float = 0.9978
+    ema_warmup: bool = True             # decay min(ema_decay, (1+n)/(10+n)): short runs forget the init
 
 
 @dataclass
@@ -80,6 +81,7 @@ class TrainConfig:
     precision: str = "fp32"             # fp32 | bf16 (autocast)
     threads: int = 0                    # CPU threads for torch; 0 = all cores
     num_workers: int = 0                # data-loading processes
+    bucket_batches: int = 0             # >1: sort runs of this many batches by item size (less padding)
     log_every: int = 25
     ckpt_every: int = 1000              # steps
     ckpt_every_minutes: float = 5.0
@@ -127,7 +129,7 @@ POSITIVE = ("flow.flow_batches", "train.batch_size", "sample.steps", "sample.num
             "model.latent_dim", "flow.clamp", "flow.shift", "optim.ema_decay", "train.log_every",
             "train.ckpt_every", "train.keep_checkpoints", "train.max_nonfinite")
 NON_NEGATIVE = ("train.max_steps", "train.budget_minutes", "optim.lr", "optim.warmup_steps",
-                "optim.grad_clip", "train.threads", "train.num_workers", "model.in_context_tokens")
+                "optim.grad_clip", "train.threads", "train.num_workers", "train.bucket_batches", "model.in_context_tokens")
 UNIT_INTERVAL = ("flow.label_dropout", "decoder_noise.prob", "decoder_noise.t_min",
                  "train.tokenizer_fraction", "optim.ema_decay", "flow.tokenize_t_max")
 

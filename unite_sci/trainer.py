@@ -57,10 +57,13 @@ class StepBatchSampler(Sampler[list[int]]):
     """Index batches as a pure function of the step: epoch e uses permutation(seed + e).
 
     The global batch of a step is split across ranks, so 2 processes see exactly the samples that
-    1 process sees with the same global batch size.
+    1 process sees with the same global batch size. With ``sizes`` (elements per item) and
+    ``bucket`` > 1, each run of ``bucket`` consecutive batches is re-cut from the same items sorted by
+    size, so batches of variable-size data carry little padding (the batches' order stays random).
     """
 
-    def __init__(self, size: int, batch: int, seed: int, start_step: int, rank: int = 0, world: int = 1):
+    def __init__(self, size: int, batch: int, seed: int, start_step: int, rank: int = 0, world: int = 1,
+                 sizes: "np.ndarray | None" = None, bucket: int = 0):
         if batch % world:
             raise UserError(f"train.batch_size {batch} is not divisible by the {world} processes")
         if size < batch:
@@ -68,11 +71,29 @@ class StepBatchSampler(Sampler[list[int]]):
         self.size, self.batch, self.seed, self.start = size, batch, seed, start_step
         self.rank, self.world = rank, world
         self.per_epoch = size // batch
+        self.sizes = None if sizes is None or bucket <= 1 else torch.as_tensor(sizes)
+        self.bucket = bucket
+        self._epoch: tuple[int, torch.Tensor] | None = None
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """All global batches of an epoch, (per_epoch, batch)."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            perm = torch.randperm(self.size, generator=g)[: self.per_epoch * self.batch]
+            if self.sizes is not None:
+                chunk = self.bucket * self.batch
+                parts = []
+                for lo in range(0, len(perm), chunk):
+                    part = perm[lo:lo + chunk]
+                    part = part[torch.argsort(self.sizes[part], stable=True)].view(-1, self.batch)
+                    parts.append(part[torch.randperm(len(part), generator=g)])
+                perm = torch.cat(parts)
+            self._epoch = (epoch, perm.view(self.per_epoch, self.batch))
+        return self._epoch[1]
 
     def indices(self, step: int) -> list[int]:
         epoch, i = divmod(step, self.per_epoch)
-        perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
-        glob = perm[i * self.batch:(i + 1) * self.batch]
+        glob = self._epoch_order(epoch)[i]
         local = self.batch // self.world
         return glob[self.rank * local:(self.rank + 1) * local].tolist()
 
@@ -112,23 +133,36 @@ def lr_at(progress: float, step: int, base: float, ocfg: OptimConfig) -> float:
 
 
 class EMA:
-    """Exponential moving average of all parameters (decay per step)."""
+    """Exponential moving average of all parameters (decay per step).
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+    With ``warmup`` the decay is ``min(decay, (1 + n) / (10 + n))`` after n updates: at 0.9978 the
+    average otherwise keeps 29 % of the random initial weights after 555 steps, which made a 12-minute
+    CPU run's EMA model reconstruct nothing (0 % match) while its raw weights matched 94.5 %.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
+        self.decay, self.warmup, self.updates = decay, warmup, 0
         self.shadow = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
         for k, v in model.named_parameters():
-            self.shadow[k].lerp_(v.detach(), 1 - self.decay)
+            self.shadow[k].lerp_(v.detach(), 1 - d)
+        self.updates += 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow
+        return {**self.shadow, "__updates__": torch.tensor(self.updates)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for k in self.shadow:
             self.shadow[k].copy_(state[k])
+        self.updates = int(state.get("__updates__", 0))
 
 
 def rng_state() -> dict[str, Any]:
@@ -161,7 +195,7 @@ class Trainer:
         self.splits = adapter.build_splits()
         self.model = Unite(adapter, cfg).to(self.device)
         self.model.shard = (self.rank, self.world)
-        self.ema = EMA(self.model, cfg.optim.ema_decay)
+        self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
         self.base_lr = cfg.optim.lr * (t.batch_size / cfg.optim.lr_reference_batch
                                        if cfg.optim.lr_reference_batch else 1.0)
         self.step, self.elapsed, self.nonfinite, self.skipped, self.phase_start = 0, 0.0, 0, 0, 0
@@ -183,8 +217,10 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         t = self.cfg.train
-        sampler = StepBatchSampler(len(self.splits["train"]), t.batch_size, t.seed, self.step,
-                                   self.rank, self.world)
+        data = self.splits["train"]
+        sizes = self.adapter.item_sizes(data) if t.bucket_batches > 1 else None
+        sampler = StepBatchSampler(len(data), t.batch_size, t.seed, self.step, self.rank, self.world,
+                                   sizes, t.bucket_batches)
         return DataLoader(self.splits["train"], batch_sampler=sampler, collate_fn=self.adapter.collate,
                           num_workers=t.num_workers, persistent_workers=False)
 

@@ -127,6 +127,9 @@ class QM9Adapter(AdapterBase):
             self.count_dist = torch.from_numpy(qdata.atom_count_distribution(train, self.cfg.max_atoms))
         return self._splits
 
+    def item_sizes(self, dataset) -> np.ndarray:
+        return dataset.mols.n_atoms
+
     def collate(self, items: list) -> Batch:
         z, pos, mask = qdata.pad_batch(items)
         types = self.z_to_type[z]
