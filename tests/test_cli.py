@@ -63,6 +63,8 @@ def test_resume_continues(trained):
     (["sample", "--checkpoint", "/no/such.pt", "--num", "2", "--out", "/tmp/x"], "does not exist"),
     (["evaluate", "--modality", "toy", "--samples", "/no/such"], "does not exist"),
     (["benchmark", "nope"], "unknown benchmark"),
+    (["train", "--modality", "toy", "--max-steps", "1", "--out", "/dev/null/run"], "cannot write to run folder"),
+    (["evaluate", "--modality", "toy", "--samples", "/etc/hostname"], "points.npz"),
 ])
 def test_user_mistakes_give_one_line(args, needle):
     r = cli(*args, check=False)

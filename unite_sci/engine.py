@@ -182,11 +182,16 @@ def evaluate_path(modality: str, samples: str, per_sample_csv: str | None = None
 
 
 def write_json(obj: Any, path: Path) -> None:
+    """Atomic JSON write; UserError naming the path when the folder cannot be written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        raise UserError(f"cannot write '{path}': {e.strerror or e}") from None
 
 
 def sample_to_disk(checkpoint: str, out: str, num: int, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -198,6 +203,10 @@ def sample_to_disk(checkpoint: str, out: str, num: int, overrides: dict[str, Any
             setattr(scfg, k, v)
     samples, info = generate(model, adapter, scfg, num)
     out_dir = Path(out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder '{out_dir}': {e.strerror or e}") from None
     files = adapter.export(samples, out_dir)
     meta = {**info, **provenance(model, cfg), "files": [str(f) for f in files], "config": to_yaml(cfg)}
     write_json(meta, out_dir / "samples_meta.json")

@@ -332,8 +332,11 @@ class Trainer:
         if not t.max_steps and not t.budget_minutes:
             raise UserError("set train.max_steps or train.budget_minutes (--max-steps / --budget-minutes)")
         if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(to_yaml(self.cfg))
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / "config.yaml").write_text(to_yaml(self.cfg))
+            except OSError as e:
+                raise UserError(f"cannot write to run folder '{self.out}': {e.strerror or e}") from None
         resumed = self.resume() if resume else False
         if not resumed and self.rank == 0:
             (self.out / "metrics.jsonl").write_text("")

@@ -1,0 +1,140 @@
+"""Export sampled QM9 molecules: an SDF file with 3-D coordinates and a PNG grid of 2-D depictions.
+
+Molecules are ``(z, pos)``: atomic numbers (n,) and coordinates (n, 3) in Angstrom. Bonds come from the
+same route as the ADiT validity metric (OpenBabel perception -> PDB block -> RDKit, see :mod:`.metrics`),
+so what a picture shows is what the metric judged. Neither function raises on a broken molecule: it is
+written with its atoms only, or drawn as its perceived (unsanitised) heavy-atom graph labelled 'invalid'.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from rdkit import Chem
+from rdkit.Chem import rdDepictor
+from rdkit.Chem.Draw import rdMolDraw2D
+from rdkit.Geometry import Point3D
+
+from .bonds import canonical_order, openbabel_mol, pdb_block, quiet_toolkits
+from .metrics import check_input, evaluate_molecule
+
+__all__ = ["molecule_3d", "write_sdf", "gallery_png"]
+
+
+def _atoms_only(z: np.ndarray, pos: np.ndarray) -> Chem.Mol:
+    """Atoms and a conformer, no bonds; non-finite coordinates are written as 0."""
+    mol = Chem.RWMol()
+    for zz in z.tolist():
+        atom = Chem.Atom(int(zz) if 0 < zz <= 118 else 0)  # 0 = RDKit's dummy atom '*'
+        atom.SetNoImplicit(True)  # do not invent hydrogens for a molecule that failed perception
+        mol.AddAtom(atom)
+    conf = Chem.Conformer(len(z))
+    for i, (x, y, w) in enumerate(np.nan_to_num(pos, nan=0.0, posinf=0.0, neginf=0.0).tolist()):
+        conf.SetAtomPosition(i, Point3D(x, y, w))
+    mol.AddConformer(conf, assignId=True)
+    mol.UpdatePropertyCache(strict=False)
+    return mol.GetMol()
+
+
+def molecule_3d(z: object, pos: object) -> tuple[Chem.Mol, bool]:
+    """RDKit molecule with explicit hydrogens and 3-D coordinates in the input atom order.
+
+    Returns ``(mol, perceived)``: bonds from the ADiT route when it sanitises with the hydrogens kept
+    (``perceived`` True), else atoms only.
+    """
+    z_arr, p_arr, reason = check_input(z, pos)
+    if reason:
+        return _atoms_only(z_arr, p_arr), False  # check_input keeps the two shapes consistent
+    k = canonical_order(z_arr, p_arr)
+    try:
+        mol = Chem.MolFromPDBBlock(pdb_block(openbabel_mol(z_arr[k], p_arr[k])), removeHs=False)
+    except Exception:
+        mol = None
+    if mol is None:
+        return _atoms_only(z_arr, p_arr), False
+    mol = Chem.RenumberAtoms(mol, np.argsort(k).tolist())  # back to the caller's atom order
+    conf = mol.GetConformer()
+    for i, (x, y, w) in enumerate(p_arr.tolist()):  # full precision, not the PDB block's 3 decimals
+        conf.SetAtomPosition(i, Point3D(x, y, w))
+    for atom in mol.GetAtoms():
+        atom.SetPDBResidueInfo(None)  # residue names from the PDB round trip mean nothing here
+    return mol, True
+
+
+def write_sdf(path: str | os.PathLike, z_list: Sequence[object], pos_list: Sequence[object]) -> int:
+    """Write molecules to an SDF file (coordinates in Angstrom, explicit hydrogens); returns how many
+    had perceived bonds. Each record's title is its index; the property ``bonds`` says 'perceived' or
+    'none' (atoms only).
+    """
+    if len(z_list) != len(pos_list):
+        raise ValueError(f"{len(z_list)} atom-type arrays but {len(pos_list)} coordinate arrays")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    n_perceived = 0
+    with quiet_toolkits(), Chem.SDWriter(str(path)) as writer:
+        writer.SetKekulize(False)  # perceived aromatic rings that do not kekulise must still be written
+        for i, (z, pos) in enumerate(zip(z_list, pos_list)):
+            mol, perceived = molecule_3d(z, pos)
+            n_perceived += perceived
+            mol.SetProp("_Name", str(i))
+            mol.SetProp("bonds", "perceived" if perceived else "none")
+            writer.write(mol)
+    return n_perceived
+
+
+def _broken(z: object, pos: object) -> Chem.Mol:
+    """Heavy-atom graph as perceived, unsanitised, for drawing an invalid molecule; '*' if even that fails."""
+    z_arr, p_arr, reason = check_input(z, pos)
+    try:
+        if reason:
+            raise ValueError(reason)
+        k = canonical_order(z_arr, p_arr)
+        mol = Chem.MolFromPDBBlock(pdb_block(openbabel_mol(z_arr[k], p_arr[k])), sanitize=False, removeHs=False)
+        mol = Chem.RemoveHs(mol, sanitize=False)
+        mol.UpdatePropertyCache(strict=False)
+        Chem.FastFindRings(mol)
+        for atom in mol.GetAtoms():
+            atom.SetNoImplicit(True)  # draw what is there, without invented hydrogens
+        mol = rdMolDraw2D.PrepareMolForDrawing(mol, kekulize=False, addChiralHs=False)
+        rdDepictor.Compute2DCoords(mol)
+        return mol
+    except Exception:
+        return Chem.MolFromSmiles("*")
+
+
+def _depiction(z: object, pos: object) -> tuple[Chem.Mol, str]:
+    """(2-D drawable heavy-atom molecule, legend): ADiT-valid molecules show their SMILES."""
+    record = evaluate_molecule(z, pos)
+    mol = Chem.MolFromSmiles(record.smiles) if record.valid else None  # the fragment the metric judged
+    if mol is None:
+        return _broken(z, pos), "invalid" + (f": {record.reason[:30]}" if record.reason else "")
+    rdDepictor.Compute2DCoords(mol)
+    legend = record.smiles if len(record.smiles) <= 40 else record.smiles[:37] + "..."
+    return mol, legend + ("" if record.connected else " (fragments)")
+
+
+def gallery_png(
+    path: str | os.PathLike,
+    z_list: Sequence[object],
+    pos_list: Sequence[object],
+    n: int = 16,
+    per_row: int = 4,
+    cell_px: int = 250,
+) -> None:
+    """Draw the first ``n`` molecules as a PNG grid of 2-D depictions, each labelled with the SMILES of
+    its largest fragment ('(fragments)' when there are several) or 'invalid'.
+    """
+    count = min(n, len(z_list), len(pos_list))
+    if count == 0:
+        raise ValueError("gallery_png needs at least one molecule")
+    with quiet_toolkits():
+        cells = [_depiction(z_list[i], pos_list[i]) for i in range(count)]
+        cols = min(per_row, count)
+        rows = -(-count // cols)
+        drawer = rdMolDraw2D.MolDraw2DCairo(cols * cell_px, rows * cell_px, cell_px, cell_px)
+        drawer.drawOptions().legendFontSize = 14
+        drawer.DrawMolecules([m for m, _ in cells], legends=[legend for _, legend in cells])
+        drawer.FinishDrawing()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(drawer.GetDrawingText())
