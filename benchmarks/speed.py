@@ -74,11 +74,32 @@ def measure_preset(modality: str, preset: str, batch: int, steps: int, precision
     fwd = sum(v for k, v in split.items() if "forward" in k)
     split["backward + optimiser (rest of the step)"] = max(step_s - fwd, 0.0)
     pad = 0.0 if b.mask is None else 1.0 - b.mask.float().mean().item()
+    pad_random, pad_bucketed = padding_shares(adapter, data, batch)
     params = sum(p.numel() for p in m.parameters())
     return {"preset": preset, "precision": precision, "batch": batch, "params_M": params / 1e6,
             "step_s": step_s, "samples_per_s": batch / step_s, "flops_per_step": flops,
-            "achieved_GFLOPs": flops / step_s / 1e9, "padding_share": pad, "cost_split_s": split,
+            "achieved_GFLOPs": flops / step_s / 1e9, "padding_share": pad,
+            "padding_random_batches": pad_random, "padding_bucketed_batches": pad_bucketed, "cost_split_s": split,
             "peak_rss_MB": _peak_rss_mb(), "model": m, "adapter": adapter, "cfg": cfg}
+
+
+def padding_shares(adapter, data, batch: int, steps: int = 200, bucket: int = 16) -> tuple[float, float]:
+    """Share of padded element slots over ``steps`` batches: random batches vs size-bucketed ones."""
+    from unite_sci.trainer import StepBatchSampler
+
+    sizes = adapter.item_sizes(data)
+    if sizes is None or len(data) < batch:
+        return 0.0, 0.0
+    sizes = torch.as_tensor(sizes)
+    out = []
+    for smp in (StepBatchSampler(len(data), batch, 0, 0),
+                StepBatchSampler(len(data), batch, 0, 0, sizes=sizes, bucket=bucket)):
+        real = padded = 0
+        for s in range(steps):
+            n = sizes[smp.indices(s)]
+            real, padded = real + int(n.sum()), padded + int(n.max()) * len(n)
+        out.append(1 - real / padded)
+    return out[0], out[1]
 
 
 def _peak_rss_mb() -> float:
@@ -141,7 +162,7 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
         ("Matmul reference", ref_md),
         (f"Training ({modality}, batch {batch})", markdown_table(table, [
             "preset", "precision", "params_M", "samples_per_s", "achieved_GFLOPs", "mfu_%", "padding_share",
-            "peak_rss_MB"])),
+            "padding_random_batches", "padding_bucketed_batches", "peak_rss_MB"])),
         ("Cost split of one step", split_md),
         ("Sampling", markdown_table(sampling, ["preset", "solver", "steps", "nfe", "samples_per_s"])),
     ]

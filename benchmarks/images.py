@@ -1,0 +1,157 @@
+"""Image benchmark: train (or load), sample class-balanced at one or more CFG scales, gFID per scale,
+reconstruction rFID / PSNR / LPIPS, PNG grids, and the paper's ImageNet anchors (SPEC sections 8, 9).
+
+    unite-sci benchmark images [--budget-minutes 5] [--num-samples 100] [--checkpoint CKPT]
+                               [cfg_sweep=1.0,2.0,3.0] [recon=N] [sanity=N] [key=value config overrides]
+
+Options without a dot: ``cfg_sweep`` (guidance scales, default: the config's ``sample.cfg``), ``recon``
+(test images reconstructed for rFID / PSNR / LPIPS, default = the sample count), ``sanity`` (real test
+images scored like samples: the gFID floor at this sample count, default = the sample count; 0 skips it).
+Every score is computed from files on disk (``cfg_*/samples/samples.npz``): ``unite-sci evaluate`` redoes it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from unite_sci.engine import load_config, load_model, provenance, reconstruct, train
+from unite_sci.protocol import markdown_table, run_protocol, write_report
+
+from unite_sci_modalities.images.adapter import REFERENCES, SPLITS
+from unite_sci_modalities.images.io import save_reconstruction_grid
+
+GEN_COLUMNS = ["method", "cfg", "gfid", "num_samples", "nn_train_rmse", "samples_per_s", "best"]
+REC_COLUMNS = ["method", "rfid", "psnr_db", "lpips", "num_images"]
+ANCHOR_COLUMNS = ["method", "rfid", "gfid"]
+
+PROTOCOL = """
+- Data: {dataset} ({splits}); images brought to {size} x {size} px by fit={fit} (pad: zero borders, pixels
+  untouched), {channels} channel(s); patch {patch} -> {tokens} patch tokens and {tokens} registers (an {side} x {side} latent grid of {latent} channels).
+- gFID: {num} class-balanced samples (label i % 10) against Inception statistics of {ref} (a seeded subset
+  of the training split, cached); reconstruction: the first {recon} test images encoded and decoded (no decoder noise), rFID
+  against those inputs, PSNR (dB, mean per image, on uint8 pixels) and LPIPS (mean).
+- Inception: {inception}; preprocessing {preprocessing}. FID at a few hundred samples is biased upwards and
+  is comparable only between runs with equal sample and reference counts, never with the 50,000-sample
+  ImageNet numbers. The "real test images" row is the floor at this count: the FID of real data.
+- LPIPS: {lpips}.
+- nn_train_rmse: mean pixel RMSE ([0, 1] units) from each sample to its nearest of the first {nn} training images
+  (memorisation check: real test images give the reference value).
+- Model: the toolkit's CPU preset `{preset}` ({arch}), not the paper's UNITE-B/L; sampler {solver}
+  {steps} steps, CFG on the interval {interval}; single-stage training for {budget}.
+"""
+
+
+def _options(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``key=value`` options of this benchmark (no dot) and config overrides (dotted)."""
+    opts = dict(o.split("=", 1) for o in overrides if "." not in o.split("=", 1)[0])
+    return opts, [o for o in overrides if "." in o.split("=", 1)[0]]
+
+
+def training_speed(checkpoint: str) -> float | None:
+    """Mean logged training samples/s of the run that wrote ``checkpoint`` (its metrics.jsonl)."""
+    path = Path(checkpoint).resolve().parent.parent / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    rates = [r["samples_per_s"] for r in rows[1:] or rows if "samples_per_s" in r]  # row 0 holds warm-up
+    return round(sum(rates) / len(rates), 1) if rates else None
+
+
+def real_data_row(adapter: Any, num: int) -> dict[str, Any]:
+    """Real test images scored as if they were samples: the gFID floor at this sample count."""
+    test = adapter.build_splits()["test"]
+    n = min(num, len(test))
+    real = adapter.batch_to_domain(adapter.collate([test[i] for i in range(n)]))
+    gen = adapter.evaluate(real)
+    return {"method": f"Data: {n} real test images", "cfg": None, "gfid": gen.get("images/gfid"),
+            "num_samples": n, "nn_train_rmse": gen["images/nn_train_rmse"], "metrics": gen}
+
+
+def reconstruction_grid(model: Any, adapter: Any, path: Path, num: int = 32) -> Path:
+    """PNG: the first ``num`` test images beside their reconstructions, 8 pairs per row."""
+    inputs, recons = reconstruct(model, adapter, "test", num, progress=False)
+    return save_reconstruction_grid(adapter.stack(inputs), adapter.stack(recons), path, pairs_per_row=8, scale=2)
+
+
+def run(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
+        checkpoint: str | None = None, overrides: list[str] = ()) -> Path:
+    opts, config = _options(list(overrides))
+    out_p = Path(out)
+    out_p.mkdir(parents=True, exist_ok=True)
+    base = load_config("images", overrides=config)
+    num = num_samples or base.sample.num
+    scales = [float(w) for w in opts.get("cfg_sweep", "").split(",") if w.strip()] or [base.sample.cfg]
+    recon = int(opts.get("recon", num))
+    train_summary: dict[str, Any] = {}
+    post = config  # with --checkpoint, load_model refuses anything but sample.* and data.*
+    if checkpoint is None:
+        budget = budget_minutes or base.train.budget_minutes or 5.0
+        cfg = load_config("images", overrides=config + [f"out={out_p / 'train'}", f"train.budget_minutes={budget}",
+                                                        "train.max_steps=0"])
+        train_summary = train(cfg)
+        checkpoint = train_summary["checkpoint"]
+        post = [o for o in config if o.startswith(("sample.", "data."))]
+
+    # one protocol run per guidance scale; reconstruction does not depend on it: only the first scores it
+    results = {w: run_protocol("images", out_p / f"cfg_{w:g}", None, num, checkpoint, post + [f"sample.cfg={w}"],
+                               recon_num=recon if i == 0 else 0) for i, w in enumerate(scales)}
+    first = results[scales[0]]
+    gen_rows = [{"method": "UNITE (this run)", "cfg": w, "gfid": r["generation"].get("images/gfid"),
+                 "num_samples": r["generation"]["num_samples"], "nn_train_rmse": r["generation"]["images/nn_train_rmse"],
+                 "samples_per_s": r["sampling"]["samples_per_s"], "best": ""} for w, r in results.items()]
+    scored = [row for row in gen_rows if row["gfid"] is not None]
+    best = min(scored, key=lambda row: row["gfid"]) if scored else None
+    if best is not None:
+        best["best"] = "best"
+    # the checkpoint's own data settings (with any data.* override), as the samples were scored with
+    model, adapter, _ = load_model(checkpoint, overrides=[o for o in post if o.startswith("data.")])
+    sanity = int(opts.get("sanity", num))
+    if sanity:
+        gen_rows.append(real_data_row(adapter, sanity))
+    rec = first["reconstruction"]
+    rec_rows = [{"method": "UNITE (this run)", "rfid": rec.get("reconstruction/rfid"),
+                 "psnr_db": rec.get("reconstruction/psnr_db"), "lpips": rec.get("reconstruction/lpips"),
+                 "num_images": first["reconstruction_num"]}]
+    anchors = [{"method": f"{k}: a different data set and scale, not comparable", **v} for k, v in REFERENCES.items()]
+    rec_grid = reconstruction_grid(model, adapter, out_p / "reconstructions.png")
+
+    d, model_cfg, gen, sampling = adapter.cfg, first.get("model", {}), first["generation"], first["sampling"]
+    speed = training_speed(checkpoint)
+    steps, wall = first.get("train_steps"), first.get("train_wall_s")
+    protocol = PROTOCOL.format(
+        dataset=d.dataset, splits=SPLITS[d.dataset], size=d.image_size, channels=adapter.channels,
+        patch=d.patch_size, tokens=adapter.layout.count, side=adapter.side, latent=model_cfg.get("latent_dim"),
+        num=num, ref=gen.get("gfid_reference", "-"), fit=d.fit, recon=first["reconstruction_num"],
+        inception=gen.get("inception", "not run (data.fid=false)"), preprocessing=gen.get("fid_preprocessing", "-"),
+        lpips=rec.get("lpips_weights", "-"), nn=gen.get("nn_train_reference"), preset=model_cfg.get("preset"),
+        arch=", ".join(f"{k} {model_cfg.get(k)}" for k in ("depth", "width", "heads", "dec_depth", "dec_width")),
+        solver=sampling["solver"], steps=sampling["steps"], interval=sampling["cfg_interval"],
+        budget=f"{steps} steps in {wall} s" if steps is not None else "an unknown budget")
+    machine = first.get("machine", {})
+    best_text = f"; best gFID at CFG {best['cfg']:g}" if best else ""
+    settings = (f"- Checkpoint {checkpoint} (sha256 {first.get('checkpoint_sha256')}), EMA weights: {first.get('ema')}\n"
+                f"- Training: {steps} steps, {wall} s wall, {speed} training images/s (batch {_batch(first)}), "
+                f"{machine.get('processor')}, {machine.get('torch_threads')} torch thread(s)\n"
+                f"- Sampling: {sampling['solver']} {sampling['steps']} steps, seed {sampling['seed']}, {num} samples "
+                f"per scale, CFG scales {', '.join(f'{w:g}' for w in scales)}{best_text}\n"
+                f"- Library versions: {first.get('library_versions')}")
+    files = [f"- Samples at CFG {w:g} (one row per class): `cfg_{w:g}/samples/grid.png`, `cfg_{w:g}/samples/samples.npz`"
+             for w in results] + [f"- Test images beside their reconstructions: `{rec_grid.name}`"]
+    sections = [("Generation (gFID, lower is better)", markdown_table(gen_rows, GEN_COLUMNS)),
+                ("Reconstruction", markdown_table(rec_rows, REC_COLUMNS)),
+                ("Paper anchors (ImageNet 256 x 256, 50,000 samples; not comparable)",
+                 markdown_table(anchors, ANCHOR_COLUMNS)),
+                ("Settings", settings), ("Protocol", protocol), ("Files", "\n".join(files))]
+    data = {"generation": gen_rows, "reconstruction": rec_rows, "paper_anchors": anchors,
+            "best_cfg": best["cfg"] if best else None, "training": train_summary,
+            "training_samples_per_s": speed, "results": {f"{w:g}": r for w, r in results.items()},
+            "protocol": protocol, **provenance()}
+    return write_report(out_p, "unite-sci benchmark: images", sections, data)
+
+
+def _batch(result: dict[str, Any]) -> Any:
+    """The training batch size recorded in a result's saved config."""
+    import yaml
+
+    return yaml.safe_load(result.get("config", "{}")).get("train", {}).get("batch_size")
