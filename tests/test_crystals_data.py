@@ -1,0 +1,226 @@
+"""Crystal reader, protocols, cache and tensors (modalities/crystals/data.py, io.py)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unite_sci.errors import ConfigError, DataError
+from unite_sci_modalities.crystals import data as cdata
+from unite_sci_modalities.crystals.data import (Crystals, atom_count_distribution, load_split, pad_batch,
+                                                parse_file, random_translate, sample_atom_counts,
+                                                to_structure, unpad_batch)
+from unite_sci_modalities.crystals.io import plot_cells, read_structures, write_cifs, write_extxyz
+
+HERE = Path(__file__).parent / "data" / "crystals"
+SHARED = cdata.default_offline_root()
+
+
+def _matcher():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    return StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)
+
+
+# ----------------------------------------------------------------------------- reading rows
+def test_real_rows_parse_niggli_and_round_trip():
+    from pymatgen.core import Structure
+    parsed = parse_file(HERE / "mp20_test_rows.csv", max_atoms=20, cache_dir="", progress=False)
+    assert parsed.n_rows == 6 and len(parsed.skip_rows) == 0
+    rows = cdata.read_rows(HERE / "mp20_test_rows.csv")
+    z, frac = parsed.items(np.arange(6))
+    for i in range(6):
+        assert ((frac[i] >= 0) & (frac[i] < 1)).all()
+        s = to_structure(z[i], frac[i], parsed.lengths[i], parsed.angles[i])
+        original = Structure.from_str(rows[i]["cif"], fmt="cif")
+        assert _matcher().fit(s, original)
+        # Niggli: a <= b <= c, and the same volume as the CIF cell
+        assert parsed.lengths[i][0] <= parsed.lengths[i][1] + 1e-6 <= parsed.lengths[i][2] + 2e-6
+        assert s.volume == pytest.approx(original.volume, rel=1e-6)
+
+
+def test_perov5_rows():
+    parsed = parse_file(HERE / "perov5_rows.csv", max_atoms=5, cache_dir="", progress=False)
+    assert parsed.num_atoms.tolist() == [5, 5, 5] and parsed.ids.tolist() == ["3961", "11922", "6694"]
+
+
+def test_malformed_rows_are_counted_by_reason():
+    parsed = parse_file(HERE / "mp20_malformed.csv", max_atoms=20, cache_dir="", progress=False)
+    assert parsed.ids.tolist() == ["mp-1001"]  # the one good row
+    assert sorted(parsed.skip_reasons.tolist()) == sorted(
+        ["unparseable_cif", "unparseable_cif", "unknown_species", "missing_cif", "close_atoms"])
+    with pytest.raises(DataError, match=r"mp20_malformed.csv: 5 of 6 rows unusable"):
+        cdata._check_skips(HERE / "mp20_malformed.csv", parsed, False, 0.05)
+    cdata._check_skips(HERE / "mp20_malformed.csv", parsed, False, 0.9)  # allowed when asked
+
+
+def test_atom_limit_is_a_skip():
+    parsed = parse_file(HERE / "mp20_test_rows.csv", max_atoms=8, cache_dir="", progress=False)
+    assert (parsed.num_atoms <= 8).all() and "too_many_atoms" in parsed.skip_reasons.tolist()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (b"\x1f\x8b\x08\x00garbage", "cannot be read"),
+    (b"material_id,formula\nmp-1,NaCl\n", "no 'cif' column"),
+    (b"\xff\xfe\x00bin\x00ary", "cannot be read|no 'cif' column|empty"),
+])
+def test_bad_files_raise_data_error_naming_the_file(tmp_path, content, message):
+    f = tmp_path / "broken.csv"
+    f.write_bytes(content)
+    with pytest.raises(DataError, match=rf"broken.csv.*({message})"):
+        parse_file(f, max_atoms=20, cache_dir="", progress=False)
+
+
+def test_missing_file_and_bad_names():
+    with pytest.raises(DataError, match="nowhere.csv: file not found"):
+        parse_file("nowhere.csv", max_atoms=20, cache_dir="")
+    with pytest.raises(ConfigError, match="unknown crystal dataset 'qm9'"):
+        load_split("qm9")
+    with pytest.raises(ConfigError, match="unknown split"):
+        load_split("mp20", "training")
+
+
+# ----------------------------------------------------------------------------- cache
+def test_cache_is_written_atomically_reused_and_invalidated(tmp_path, monkeypatch):
+    src = tmp_path / "rows.csv"
+    shutil.copy(HERE / "mp20_test_rows.csv", src)
+    cache = tmp_path / "cache"
+    first = parse_file(src, 20, cache_dir=cache, progress=False)
+    files = list(cache.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".npz"  # no temporary file left behind
+    with np.load(files[0], allow_pickle=False) as f:  # flat arrays, no pickles
+        assert set(f.files) >= {"z", "frac", "lengths", "angles", "ids", "num_atoms"}
+
+    def boom(*a, **k):
+        raise AssertionError("parsed again despite a valid cache")
+    monkeypatch.setattr(cdata, "parallel_map", boom)
+    again = parse_file(src, 20, cache_dir=cache, progress=False)
+    np.testing.assert_array_equal(first.frac, again.frac)
+    monkeypatch.undo()
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))  # file changed
+    parse_file(src, 20, cache_dir=cache, progress=False)
+    assert len(list(cache.iterdir())) == 2
+
+
+# ----------------------------------------------------------------------------- protocols
+def test_offline_protocol_splits(tmp_path):
+    root = HERE / "offline"
+    kw = dict(offline_root=root, cache_dir=tmp_path, progress=False, holdout_fraction=0.25, seed=3)
+    train, val, test = (load_split("mp20", s, **kw) for s in ("train", "val", "test"))
+    assert {train.protocol, val.protocol, test.protocol} == {"MP-20 offline"}
+    assert not set(train.ids) & set(val.ids)
+    assert len(train) + len(val) == 8 + 4       # val split + train rows that have a CIF
+    assert len(val) == 3 and len(test) == 4     # round(0.25 * 12) held out
+    assert train.skipped == {cdata.EXPECTED_MISSING: 6} and val.skipped == {}
+    again = load_split("mp20", "val", **kw)
+    assert again.ids == val.ids                 # seeded
+    other = load_split("mp20", "val", **{**kw, "seed": 4})
+    assert other.ids != val.ids
+
+
+def test_canonical_protocol_from_data_dir(tmp_path):
+    kw = dict(data_dir=HERE / "canonical", cache_dir=tmp_path, progress=False)
+    sizes = {s: len(load_split("mp20", s, **kw)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 3, "val": 2, "test": 2}
+    assert load_split("mp20", "test", **kw).protocol == "MP-20"
+    with pytest.raises(DataError, match="train.csv: file not found"):
+        load_split("mp20", "train", data_dir=tmp_path, cache_dir=tmp_path)
+
+
+@pytest.mark.skipif(not (SHARED / "mp_20" / "test.csv.gz").is_file(), reason="shared MP-20 copy not here")
+def test_real_offline_files_parse_in_parallel(tmp_path):
+    """A few hundred real rows, serial and with 2 worker processes: same result."""
+    rows = cdata.read_rows(SHARED / "mp_20" / "val.csv.gz")[:150]
+    import csv
+    small = tmp_path / "val.csv"
+    with open(small, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    serial = parse_file(small, 20, cache_dir="", progress=False)
+    par = parse_file(small, 20, workers=2, cache_dir="", progress=False)
+    assert len(serial.skip_rows) == 0 and serial.ids.tolist() == par.ids.tolist()
+    np.testing.assert_allclose(serial.frac, par.frac)
+
+
+# ----------------------------------------------------------------------------- tensors
+def _crystals() -> Crystals:
+    return load_split("mp20", "test", data_dir=HERE / "canonical", cache_dir="", progress=False)
+
+
+def test_pad_batch_round_trip_and_shapes():
+    c = load_split("mp20", "train", offline_root=HERE / "offline", cache_dir="", progress=False)
+    items = [c[i] for i in range(len(c))]
+    z, frac, lattice, mask = pad_batch(items, max_atoms=20)
+    assert z.shape == (len(c), 20) and frac.shape == (len(c), 20, 3) and lattice.shape == (len(c), 6)
+    assert mask.dtype == torch.bool and (mask.sum(1).numpy() == c.num_atoms).all()
+    assert (z[~mask] == 0).all() and (frac[~mask] == 0).all()
+    np.testing.assert_allclose(lattice[:, :3].numpy(), c.scaled_lengths, rtol=1e-6)
+    back = unpad_batch(z, frac, lattice, mask)
+    for orig, rec in zip(items, back):
+        np.testing.assert_array_equal(orig.z, rec.z)
+        np.testing.assert_allclose(orig.frac, rec.frac, atol=1e-6)
+        np.testing.assert_allclose(orig.lengths, rec.lengths, rtol=1e-5)
+    with pytest.raises(DataError, match="more than max_atoms="):
+        pad_batch(items, max_atoms=int(c.num_atoms.max()) - 1)
+
+
+def test_random_translation_keeps_the_crystal():
+    c = _crystals()
+    z, frac, lattice, mask = pad_batch([c[0], c[1]])
+    g = torch.Generator().manual_seed(0)
+    moved = random_translate(frac, mask, g)
+    assert (moved[~mask] == 0).all() and (moved >= 0).all() and (moved < 1).all()
+    back = unpad_batch(z, moved, lattice, mask)
+    for orig, rec in zip([c[0], c[1]], back):
+        assert _matcher().fit(to_structure(*orig[:4]), to_structure(*rec[:4]))
+        diff = (rec.frac - orig.frac) % 1.0  # one shift for every atom of a crystal
+        assert np.allclose(diff, diff[0], atol=1e-5) or np.allclose((diff + 0.5) % 1, (diff[0] + 0.5) % 1, atol=1e-5)
+
+
+def test_atom_count_distribution():
+    c = load_split("mp20", "train", offline_root=HERE / "offline", cache_dir="", progress=False)
+    p = atom_count_distribution(c, max_atoms=20)
+    assert p.shape == (21,) and p.sum() == pytest.approx(1.0) and p[0] == 0
+    n = sample_atom_counts(p, 500, torch.Generator().manual_seed(0))
+    assert set(n.tolist()) <= set(np.flatnonzero(p).tolist())
+
+
+# ----------------------------------------------------------------------------- files
+def test_io_round_trip(tmp_path):
+    c = _crystals()
+    structures = c.structures()
+    garbage = (np.array([6]), np.array([[np.nan, 0, 0]]), np.ones(3), np.full(3, 90.0))
+    cifs = write_cifs(structures + [garbage], tmp_path / "cif")
+    assert [p.name for p in cifs] == ["sample_00000.cif", "sample_00001.cif"]  # the NaN sample is left out
+    xyz = write_extxyz(structures, tmp_path / "samples.extxyz")
+    png = plot_cells(structures, tmp_path / "cells.png", n=2)
+    assert png.stat().st_size > 1000
+    for path in (tmp_path / "cif", xyz, HERE / "canonical" / "test.csv.gz"):
+        back = read_structures(path)
+        assert len(back.structures) == 2 and back.skipped == {}
+        for a, b in zip(structures, back.structures):
+            assert _matcher().fit(a, b)
+
+
+def test_read_structures_malformed(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_structures(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no .cif"):
+        read_structures(tmp_path / "empty")
+    with pytest.raises(DataError, match=r"mp20_malformed.csv: 5 of 6 entries unreadable|more than"):
+        read_structures(HERE / "mp20_malformed.csv")
+    got = read_structures(HERE / "mp20_malformed.csv", max_skip_fraction=1.0)
+    assert got.names[0] == "mp-1001" and got.skipped.get("missing_cif") == 1
+    bad = tmp_path / "bad.extxyz"
+    bad.write_text("3\nnot a header\nC 0 0\n")
+    with pytest.raises(DataError, match="bad.extxyz: not a readable extxyz"):
+        read_structures(bad)
+    (tmp_path / "bad.txt").write_text("x")
+    with pytest.raises(DataError, match="unknown crystal file type"):
+        read_structures(tmp_path / "bad.txt")
