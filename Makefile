@@ -35,7 +35,7 @@ test-all: install
 	$(PY) -m pytest -q -m ""
 
 # The main job on its small default: QM9 on the CPU for DEMO_MINUTES, then sample, evaluate, report.
-DEMO_MINUTES ?= 8
+DEMO_MINUTES ?= 5
 DEMO_SAMPLES ?= 500
 demo: install
 	$(VENV)/bin/unite-sci train --modality qm9 --budget-minutes $(DEMO_MINUTES) --out runs/demo
