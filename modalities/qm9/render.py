@@ -114,6 +114,17 @@ def _depiction(z: object, pos: object) -> tuple[Chem.Mol, str]:
     return mol, legend + ("" if record.connected else " (fragments)")
 
 
+def _drawable(mol: Chem.Mol, legend: str, cell_px: int) -> tuple[Chem.Mol, str]:
+    """The cell itself if RDKit can draw it; else an empty cell that says so (a degenerate generated
+    geometry can make RDKit's depiction fail, and one bad sample must not lose the whole gallery)."""
+    try:
+        probe = rdMolDraw2D.MolDraw2DCairo(cell_px, cell_px)
+        probe.DrawMolecule(mol, legend=legend)
+        return mol, legend
+    except (RuntimeError, ValueError) as e:
+        return Chem.Mol(), f"could not draw: {str(e).splitlines()[0][:40]}"
+
+
 def gallery_png(
     path: str | os.PathLike,
     z_list: Sequence[object],
@@ -129,7 +140,7 @@ def gallery_png(
     if count == 0:
         raise ValueError("gallery_png needs at least one molecule")
     with quiet_toolkits():
-        cells = [_depiction(z_list[i], pos_list[i]) for i in range(count)]
+        cells = [_drawable(*_depiction(z_list[i], pos_list[i]), cell_px) for i in range(count)]
         cols = min(per_row, count)
         rows = -(-count // cols)
         drawer = rdMolDraw2D.MolDraw2DCairo(cols * cell_px, rows * cell_px, cell_px, cell_px)
