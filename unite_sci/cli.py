@@ -134,7 +134,10 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     out = args.out or os.path.join("runs", f"benchmark_{args.name}")
     benches = _benchmarks()
     if args.name in benches:
-        fn: Callable[..., Any] = benches[args.name].load()
+        try:
+            fn: Callable[..., Any] = benches[args.name].load()
+        except ImportError as e:
+            raise UserError(f"benchmark {args.name!r} cannot be imported ({e})") from None
         report = fn(out=out, budget_minutes=args.budget_minutes, num_samples=args.num_samples,
                     checkpoint=args.checkpoint, overrides=list(args.overrides))
     elif args.name in available():
