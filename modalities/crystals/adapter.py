@@ -1,0 +1,403 @@
+"""Crystal adapter: periodic cells with atom types, fractional coordinates and a lattice (SPEC section 7).
+
+Representation (ADiT's): atomic numbers, fractional coordinates in [0, 1), lattice lengths scaled by
+N^(1/3) (Angstrom) and angles (degrees), Niggli-reduced cells (``data.py``).
+
+Tokens, one per atom: type embedding + embedding of [sin, cos](2 pi k x) of the fractional coordinates
+(integer frequencies k, so the embedding is periodic: x and x + 1 are the same atom) + an embedding of the
+normalised lattice, added to every atom token. The core appends exactly one token per element under the
+element mask, so the lattice travels inside the atom tokens rather than as a token of its own (ADiT's
+encoder does the same); every register, the lattice register included, can read it.
+
+Registers: one per atom (register i absorbs atom i) plus one extra register, the last, for the lattice
+(``RegisterLayout(True, max_atoms, extra=1)``).
+
+Heads: per atom, type logits over Z = 1..100 and [sin, cos](2 pi x) for each axis (decoded with atan2,
+modulo 1); on the lattice register, the 6 normalised lattice numbers and a composition head: one logit
+per element for "this element occurs in the crystal". SPEC's prototype failed mainly on composition (its
+per-atom element choices disagreed: 4.5 elements per crystal against 3.0), so at decoding each atom
+chooses among the elements that the lattice register, which attends to every atom, says are present
+(``composition_decode``; off = plain per-atom argmax).
+
+Reconstruction loss, per crystal then averaged: cross-entropy on types + MSE on the sin/cos pairs (a
+periodic error: 2 - 2 cos(2 pi dx) per axis) + MSE on the normalised lattice + binary cross-entropy of the
+composition logits (summed over elements). Lattice statistics (mean, std of the 6 numbers) come from the
+training split and are saved in the adapter's state, with the distribution of atom counts.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unite_sci.adapter import AdapterBase, Batch, register
+from unite_sci.errors import ConfigError, DataError
+from unite_sci.model import RegisterLayout
+
+from . import data as cdata
+from .metrics import MAX_Z, OXIDATION_SETS
+
+# Published numbers (percent) beside which reports put ours. ADiT: the MP-20-only DiT-B model; its
+# tokenizer's reconstruction match rate is 84.5. UNITE-S: the paper's Table (MP-20, single stage).
+REFERENCES = {
+    "UNITE-S (paper)": {"struct_valid_pct": 99.0, "comp_valid_pct": 89.9, "valid_pct": 87.9, "match_rate_pct": 75.7},
+    "ADiT MP20-only DiT-B (paper)": {"struct_valid_pct": 99.6, "comp_valid_pct": 90.5, "valid_pct": 90.1},
+    "ADiT tokenizer (paper)": {"match_rate_pct": 84.5},
+}
+NUM_TYPES = MAX_Z  # classes 0..99 are Z = 1..100; index 100 pads the type embedding
+TYPE_DECODES = ("argmax", "composition")
+
+
+@dataclass
+class CrystalConfig:
+    dataset: str = "mp20"               # mp20 | perov5 | carbon24
+    data_dir: Optional[str] = None      # canonical train/val/test csv folder; None: the offline protocol
+    offline_root: Optional[str] = None  # offline copies; None: $UNITE_SCI_CRYSTAL_DATA or ../shared/data/crystals
+    cache_dir: Optional[str] = None     # parsed-csv cache; None: ~/.cache/unite_sci/crystals, "": off
+    holdout_fraction: float = 0.1       # offline protocol: share of the training rows held out as val
+    split_seed: int = 0                 # offline protocol: seed of the held-out slice
+    max_atoms: int = 0                  # 0: the data set's own limit (MP-20 20, Perov-5 5, Carbon-24 24)
+    num_train: int = 0                  # 0: the whole split; >0 the first n (quick runs, tests)
+    num_val: int = 0
+    num_test: int = 0
+    load_workers: int = 0               # CIF parsing processes (first load only, then cached); 0: all cores
+    random_translation: bool = True     # augmentation: one uniform shift of every crystal, modulo 1
+    coord_freqs: int = 4                # input embedding: sin/cos at frequencies 1, 2, 4, ... (2^(F-1))
+    type_weight: float = 1.0
+    coord_weight: float = 1.0           # on the sin/cos MSE, summed over the 6 numbers of an atom
+    lattice_weight: float = 1.0         # on the MSE of the 6 normalised lattice numbers
+    composition_weight: float = 1.0     # on the presence BCE summed over 100 elements; 0 drops the head
+    type_decode: str = "argmax"         # argmax: per atom | composition: among the elements that the
+                                        # composition head predicts present (see the module docstring)
+    eval_workers: int = 0               # 0: all cores
+    time_limit_s: float = 30.0          # per StructureMatcher / SMACT call; past it = invalid / no match
+    oxidation_states: str = "smact2_default"  # smact2_default (published) | icsd16 | pymatgen | file path
+    novelty: bool = True                # StructureMatcher against the training crystals
+    wasserstein_reference: int = 0      # >0: Wasserstein distances of density and #elements against
+                                        # this many test crystals (CDVAE uses the whole test split)
+
+    def validate(self) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"config key 'data.{key}': {why}")
+
+        if self.dataset not in cdata.DATASETS:
+            raise bad("dataset", f"{self.dataset!r} is not one of {', '.join(cdata.DATASETS)}")
+        if not 0 <= self.max_atoms <= 512:
+            raise bad("max_atoms", f"{self.max_atoms} outside 0..512 (0 = the data set's limit)")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise bad("holdout_fraction", f"must lie in (0, 1), got {self.holdout_fraction}")
+        if not 1 <= self.coord_freqs <= 12:
+            raise bad("coord_freqs", f"{self.coord_freqs} outside 1..12")
+        for key in ("num_train", "num_val", "num_test", "load_workers", "eval_workers", "wasserstein_reference"):
+            if getattr(self, key) < 0:
+                raise bad(key, f"must be >= 0, got {getattr(self, key)}")
+        for key in ("type_weight", "coord_weight", "lattice_weight", "composition_weight"):
+            if getattr(self, key) < 0:
+                raise bad(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.time_limit_s <= 0:
+            raise bad("time_limit_s", f"must be > 0, got {self.time_limit_s}")
+        if self.oxidation_states not in OXIDATION_SETS and not Path(self.oxidation_states).is_file():
+            raise bad("oxidation_states", f"{self.oxidation_states!r} is neither one of "
+                      f"{', '.join(OXIDATION_SETS)} nor an oxidation-state file")
+        if self.type_decode not in TYPE_DECODES:
+            raise bad("type_decode", f"{self.type_decode!r} is not one of {', '.join(TYPE_DECODES)}")
+        if self.type_decode == "composition" and self.composition_weight == 0:
+            raise bad("type_decode", "composition needs the composition head (data.composition_weight > 0)")
+
+
+# ----------------------------------------------------------------------------- periodic coordinates
+def frac_to_sincos(frac: Tensor) -> Tensor:
+    """Fractional coordinates (..., 3) -> (..., 3, 2) [sin, cos](2 pi x): the same for x and x + 1."""
+    ang = 2 * math.pi * frac
+    return torch.stack([ang.sin(), ang.cos()], dim=-1)
+
+
+def sincos_to_frac(sc: Tensor) -> Tensor:
+    """(..., 3, 2) [sin, cos] (any positive scale) -> fractional coordinates (..., 3) in [0, 1)."""
+    x = torch.remainder(torch.atan2(sc[..., 0], sc[..., 1]) / (2 * math.pi), 1.0)
+    return torch.where(x >= 1.0, torch.zeros_like(x), x)  # remainder can round up to exactly 1.0
+
+
+# ----------------------------------------------------------------------------- network parts
+class CrystalEmbedder(nn.Module):
+    """Atom tokens (B, N, d): type + periodic coordinate features + the crystal's lattice."""
+
+    def __init__(self, width: int, coord_freqs: int):
+        super().__init__()
+        self.register_buffer("freqs", 2.0 ** torch.arange(coord_freqs), persistent=False)  # integers: periodic
+        self.type_embed = nn.Embedding(NUM_TYPES + 1, width)
+        self.coord_embed = nn.Linear(6 * coord_freqs, width)
+        self.lattice_embed = nn.Linear(6, width)
+
+    def forward(self, data: dict[str, Tensor], mask: Tensor | None) -> Tensor:
+        frac = data["frac"]  # (B, N, 3)
+        feats = frac_to_sincos(frac.unsqueeze(-1) * self.freqs)  # (B, N, 3, F, 2)
+        coords = self.coord_embed(feats.flatten(2))  # (B, N, d)
+        lattice = self.lattice_embed(data["lattice"]).unsqueeze(1)  # (B, 1, d), normalised units
+        return self.type_embed(data["types"]) + coords + lattice  # (B, N, d)
+
+
+class CrystalHeads(nn.Module):
+    """Atom registers -> type logits and sin/cos; the last register -> lattice and composition logits."""
+
+    def __init__(self, width: int, composition: bool):
+        super().__init__()
+        self.types = nn.Linear(width, NUM_TYPES)
+        self.coords = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 6))
+        self.lattice = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 6))
+        self.composition = nn.Linear(width, NUM_TYPES) if composition else None
+
+    def forward(self, h: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
+        atoms, cell = h[:, :-1], h[:, -1]  # (B, N, d), (B, d): the lattice register is the last one
+        b, n, _ = atoms.shape
+        out = {"type_logits": self.types(atoms),  # (B, N, 100)
+               "sincos": self.coords(atoms).view(b, n, 3, 2),  # (B, N, 3, [sin, cos])
+               "lattice": self.lattice(cell)}  # (B, 6) normalised
+        if self.composition is not None:
+            out["comp_logits"] = self.composition(cell)  # (B, 100)
+        return out
+
+
+# ----------------------------------------------------------------------------- the adapter
+@register("mp20")
+class CrystalAdapter(AdapterBase):
+    config_class = CrystalConfig
+    num_classes = 0
+
+    def __init__(self, cfg: CrystalConfig):
+        super().__init__(cfg)
+        info = cdata.DATASETS[cfg.dataset]
+        self.max_atoms = cfg.max_atoms or info.max_atoms
+        self.layout = RegisterLayout(True, self.max_atoms, extra=1)
+        self.protocol = info.name + ("" if cfg.data_dir else " offline")  # named in every report
+        self.count_dist = torch.zeros(self.max_atoms + 1, dtype=torch.float64)
+        self.lattice_mean = torch.zeros(6)
+        self.lattice_std = torch.ones(6)
+        self._stats_ready = False
+        self._splits: dict[str, cdata.Crystals] | None = None
+        self._train_items: list | None = None
+
+    # ------------------------------------------------------------------ data
+    def crystals(self, split: str) -> cdata.Crystals:
+        c = self.cfg
+        data = cdata.load_split(c.dataset, split, c.data_dir, offline_root=c.offline_root,
+                                holdout_fraction=c.holdout_fraction, seed=c.split_seed, max_atoms=self.max_atoms,
+                                workers=c.load_workers or os.cpu_count() or 1,
+                                cache_dir=c.cache_dir, progress=False)
+        limit = {"train": c.num_train, "val": c.num_val, "test": c.num_test}[split]
+        return data.subset(np.arange(min(limit, len(data)))) if limit else data
+
+    def build_splits(self) -> dict[str, cdata.Crystals]:
+        if self._splits is None:
+            self._splits = {s: self.crystals(s) for s in ("train", "val", "test")}
+            train = self._splits["train"]
+            if len(train) == 0:
+                raise DataError(f"{self.protocol}: the training split is empty")
+            self.protocol = train.protocol
+            if not self._stats_ready:  # a checkpoint's statistics win over the data at hand
+                self._fit_stats(train)
+        return self._splits
+
+    def _fit_stats(self, train: cdata.Crystals) -> None:
+        lat = np.concatenate([train.scaled_lengths, train.angles], axis=1)  # (M, 6)
+        self.lattice_mean = torch.tensor(lat.mean(0), dtype=torch.float32)
+        self.lattice_std = torch.tensor(np.maximum(lat.std(0), 1e-3), dtype=torch.float32)  # cubic cells: std 0
+        self.count_dist = torch.from_numpy(cdata.atom_count_distribution(train, self.max_atoms))
+        self._stats_ready = True
+
+    def _need_stats(self) -> None:
+        if not self._stats_ready:
+            self.build_splits()
+
+    def item_sizes(self, dataset: cdata.Crystals) -> np.ndarray:
+        return dataset.num_atoms
+
+    def collate(self, items: list) -> Batch:
+        self._need_stats()
+        z, frac, lattice, mask = cdata.pad_batch(items, None)
+        if int(mask.sum(1).max()) > self.max_atoms:
+            raise DataError(f"a crystal has {int(mask.sum(1).max())} atoms, more than data.max_atoms={self.max_atoms}")
+        types = torch.where(mask, z - 1, torch.full_like(z, NUM_TYPES))  # padding index 100
+        data = {"types": types, "frac": frac, "lattice": (lattice - self.lattice_mean) / self.lattice_std}
+        return Batch(data, mask, self.null_cond(len(items)))
+
+    def augment(self, batch: Batch, generator: torch.Generator) -> Batch:
+        if not self.cfg.random_translation:
+            return batch
+        frac = cdata.random_translate(batch.data["frac"], batch.mask, generator)
+        return Batch(dict(batch.data, frac=frac), batch.mask, batch.cond)
+
+    # ------------------------------------------------------------------ network parts
+    def build_embedder(self, width: int) -> nn.Module:
+        return CrystalEmbedder(width, self.cfg.coord_freqs)
+
+    def build_heads(self, width: int) -> nn.Module:
+        return CrystalHeads(width, self.cfg.composition_weight > 0)
+
+    def reconstruction_loss(self, out: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        types, frac, mask = batch.data["types"], batch.data["frac"], batch.mask
+        m = mask.float()
+        n = m.sum(1)  # (B,) atoms per crystal
+
+        def per_crystal(x: Tensor) -> Tensor:  # (B, N) -> mean over a crystal's atoms, then over crystals
+            return ((x * m).sum(1) / n).mean()
+
+        ce = F.cross_entropy(out["type_logits"].float().transpose(1, 2), types.clamp_max(NUM_TYPES - 1),
+                             reduction="none")  # (B, N)
+        se = ((out["sincos"].float() - frac_to_sincos(frac)) ** 2).sum((-1, -2))  # (B, N)
+        ce, se = per_crystal(ce), per_crystal(se)
+        lat = ((out["lattice"].float() - batch.data["lattice"]) ** 2).mean(-1).mean()
+        c = self.cfg
+        loss = c.type_weight * ce + c.coord_weight * se + c.lattice_weight * lat
+        parts = {"type_ce": float(ce.detach()), "coord_mse": float(se.detach()), "lattice_mse": float(lat.detach())}
+        if "comp_logits" in out:
+            present = torch.zeros(len(batch), NUM_TYPES + 1, device=types.device)
+            present.scatter_(1, types, 1.0)  # padding lands in the extra column, dropped below
+            bce = F.binary_cross_entropy_with_logits(out["comp_logits"].float(), present[:, :NUM_TYPES],
+                                                     reduction="none").sum(-1).mean()
+            loss = loss + c.composition_weight * bce
+            parts["composition_bce"] = float(bce.detach())
+        return loss, parts
+
+    # ------------------------------------------------------------------ generation
+    def sample_sizes(self, num: int, generator: torch.Generator) -> Tensor:
+        self._need_stats()
+        return cdata.sample_atom_counts(self.count_dist.numpy(), num, generator)
+
+    def decode_types(self, out: dict[str, Tensor]) -> Tensor:
+        """Atomic numbers (B, N): per-atom argmax, restricted to the predicted composition if asked."""
+        logits = out["type_logits"].float()
+        if self.cfg.type_decode == "composition" and "comp_logits" in out:
+            comp = out["comp_logits"].float()  # (B, 100)
+            allowed = comp > 0  # sigmoid > 0.5
+            allowed |= F.one_hot(comp.argmax(-1), NUM_TYPES).bool()  # never an empty set
+            logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        return logits.argmax(-1) + 1
+
+    def to_domain(self, out: dict[str, Tensor], mask: Tensor | None) -> list[cdata.CrystalItem]:
+        """CrystalItems in physical units: z (n,), frac (n, 3) in [0, 1), lengths (3,) A, angles (3,) deg."""
+        lattice = out["lattice"].float().cpu() * self.lattice_std + self.lattice_mean  # (B, 6)
+        frac = sincos_to_frac(out["sincos"].float().cpu())
+        return cdata.unpad_batch(self.decode_types(out).cpu(), frac, lattice, mask.cpu())
+
+    def batch_to_domain(self, batch: Batch) -> list[cdata.CrystalItem]:
+        lattice = batch.data["lattice"].cpu() * self.lattice_std + self.lattice_mean
+        z = batch.data["types"].cpu() + 1
+        return cdata.unpad_batch(z, batch.data["frac"].cpu(), lattice, batch.mask.cpu())
+
+    # ------------------------------------------------------------------ metrics and files
+    def _workers(self) -> int:
+        return self.cfg.eval_workers or os.cpu_count() or 1
+
+    def train_items(self) -> list[cdata.CrystalItem]:
+        if self._train_items is None:
+            train = self.build_splits()["train"]
+            self._train_items = [train[i] for i in range(len(train))]
+        return self._train_items
+
+    def evaluate(self, samples: list, per_sample_csv: str | None = None) -> dict[str, Any]:
+        """Validity, uniqueness, novelty (and Wasserstein distances if asked), keyed by protocol name."""
+        from importlib.metadata import version
+
+        from .metrics import evaluate_generation, to_arrays
+
+        c = self.cfg
+        train = self.train_items() if c.novelty else None
+        reference = None
+        if c.wasserstein_reference:
+            test = self.build_splits()["test"]
+            reference = [test[i] for i in range(min(c.wasserstein_reference, len(test)))]
+        res = evaluate_generation(samples, train, per_sample_csv, self._workers(), reference=reference,
+                                  protocol=self.protocol, dataset=c.dataset, time_limit_s=c.time_limit_s,
+                                  oxidation_states=c.oxidation_states, progress=False)
+        p = self.protocol
+        arrays = [to_arrays(s) for s in samples]
+        n_elem = np.array([len(set(a[0].tolist())) for a in arrays if not isinstance(a, str)] or [np.nan])
+        res.update({"num_samples": len(samples), "smact_version": version("smact"),
+                    f"{p}/elements_per_crystal": round(float(np.nanmean(n_elem)), 4),
+                    f"{p}/type_decode": c.type_decode,
+                    f"{p}/novelty_reference": (f"{len(train)} training crystals of the {p} protocol"
+                                               if train is not None else "off")})
+        return res
+
+    def evaluate_reconstruction(self, inputs: list, recons: list) -> dict[str, Any]:
+        from .metrics import reconstruction_metrics
+
+        return reconstruction_metrics(inputs, recons, self._workers(), protocol=self.protocol,
+                                      time_limit_s=self.cfg.time_limit_s,
+                                      oxidation_states=self.cfg.oxidation_states, progress=False)
+
+    def export(self, samples: list, out_dir: Path) -> list[Path]:
+        """``samples.npz`` (exact arrays, every sample: re-scoring from it repeats the numbers), one CIF per
+        buildable sample in ``cifs/``, ``samples.extxyz`` and ``cells.png``."""
+        from . import io as cio
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = [write_npz(out_dir / "samples.npz", samples)]
+        paths += cio.write_cifs(samples, out_dir / "cifs")
+        paths.append(cio.write_extxyz(samples, out_dir / "samples.extxyz"))
+        paths.append(cio.plot_cells(samples, out_dir / "cells.png"))
+        return paths
+
+    def load_samples(self, path: Path) -> list:
+        """A ``samples.npz`` (or a folder holding one), a folder of CIFs (or holding ``cifs/``), a CDVAE
+        csv or an extxyz file -> CrystalItems."""
+        from . import io as cio
+
+        path = Path(path)
+        if path.is_dir():
+            if (path / "samples.npz").is_file():
+                path = path / "samples.npz"
+            elif not any(path.glob("*.cif")) and (path / "cifs").is_dir():
+                path = path / "cifs"
+            elif not any(path.glob("*.cif")) and (path / "samples.extxyz").is_file():
+                path = path / "samples.extxyz"
+        if path.suffix == ".npz":
+            return read_npz(path)
+        found = cio.read_structures(path)
+        return [cdata.CrystalItem(np.array([s.specie.Z for s in st], dtype=np.int64), np.mod(st.frac_coords, 1.0),
+                                  np.array(st.lattice.abc), np.array(st.lattice.angles), name)
+                for st, name in zip(found.structures, found.names)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"atom_count_distribution": self.count_dist.clone(), "lattice_mean": self.lattice_mean.clone(),
+                "lattice_std": self.lattice_std.clone(), "fitted_on": self.protocol}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "lattice_mean" in state:
+            self.count_dist = state["atom_count_distribution"].to(torch.float64)
+            self.lattice_mean = state["lattice_mean"].float()
+            self.lattice_std = state["lattice_std"].float()
+            self._stats_ready = True
+
+
+# ----------------------------------------------------------------------------- exact sample files
+def write_npz(path: Path, samples: list) -> Path:
+    """Flat arrays of every sample (no pickles): num_atoms (M,), z, frac (sum n, 3), lengths, angles (M, 3)."""
+    items = [(np.asarray(s[0], np.int64).reshape(-1), np.asarray(s[1], np.float64).reshape(-1, 3),
+              np.asarray(s[2], np.float64).reshape(3), np.asarray(s[3], np.float64).reshape(3)) for s in samples]
+    np.savez(path, num_atoms=np.array([len(i[0]) for i in items], np.int64),
+             z=np.concatenate([i[0] for i in items]) if items else np.zeros(0, np.int64),
+             frac=np.concatenate([i[1] for i in items]) if items else np.zeros((0, 3)),
+             lengths=np.array([i[2] for i in items]).reshape(-1, 3),
+             angles=np.array([i[3] for i in items]).reshape(-1, 3))
+    return Path(path)
+
+
+def read_npz(path: Path) -> list[cdata.CrystalItem]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            n, z, frac, lengths, angles = (f[k] for k in ("num_atoms", "z", "frac", "lengths", "angles"))
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"{path}: not a crystal samples.npz ({type(e).__name__}: {e})") from None
+    ends = np.cumsum(n)
+    return [cdata.CrystalItem(z[e - k:e], frac[e - k:e], lengths[i], angles[i], f"sample{i}")
+            for i, (k, e) in enumerate(zip(n, ends))]
