@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from unite_sci.engine import generate, load_config, load_model, make_adapter, provenance, reconstruct
-from unite_sci.protocol import markdown_table, run_protocol, write_report
+from unite_sci.protocol import training_speed, markdown_table, run_protocol, write_report
 
 from unite_sci_modalities.crystals.adapter import REFERENCES
 
@@ -91,16 +91,6 @@ def other_decode_row(checkpoint: str, rule: str, num: int, recon: int, post: lis
     (out / "results.json").write_text(json.dumps({"generation": gen, "reconstruction": rec, "sampling": info},
                                                  indent=2, default=str))
     return _row(f"UNITE, type_decode={rule} (same latents)", gen, rec)
-
-
-def training_speed(checkpoint: str) -> float | None:
-    """Mean logged training samples/s of the run that wrote ``checkpoint`` (its metrics.jsonl)."""
-    path = Path(checkpoint).resolve().parent.parent / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    rates = [r["samples_per_s"] for r in rows[1:] or rows if "samples_per_s" in r]  # row 0 holds warm-up
-    return round(sum(rates) / len(rates), 1) if rates else None
 
 
 def run(out: str, budget_minutes: float | None = None, num_samples: int | None = None,

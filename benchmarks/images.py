@@ -11,12 +11,11 @@ Every score is computed from files on disk (``cfg_*/samples/samples.npz``): ``un
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from unite_sci.engine import load_config, load_model, provenance, reconstruct, train
-from unite_sci.protocol import markdown_table, run_protocol, write_report
+from unite_sci.protocol import training_speed, markdown_table, run_protocol, write_report
 
 from unite_sci_modalities.images.adapter import REFERENCES, SPLITS
 from unite_sci_modalities.images.io import save_reconstruction_grid
@@ -46,16 +45,6 @@ def _options(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
     """``key=value`` options of this benchmark (no dot) and config overrides (dotted)."""
     opts = dict(o.split("=", 1) for o in overrides if "." not in o.split("=", 1)[0])
     return opts, [o for o in overrides if "." in o.split("=", 1)[0]]
-
-
-def training_speed(checkpoint: str) -> float | None:
-    """Mean logged training samples/s of the run that wrote ``checkpoint`` (its metrics.jsonl)."""
-    path = Path(checkpoint).resolve().parent.parent / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    rates = [r["samples_per_s"] for r in rows[1:] or rows if "samples_per_s" in r]  # row 0 holds warm-up
-    return round(sum(rates) / len(rates), 1) if rates else None
 
 
 def real_data_row(adapter: Any, num: int) -> dict[str, Any]:

@@ -58,7 +58,7 @@ class RegisterLayout:
 
     ``per_element=False``: a fixed number ``count`` of registers (images). ``per_element=True``: one
     register per input element, up to ``count`` elements, padded with a mask, plus ``extra`` registers
-    that every sample has (a crystal's lattice). Register i and element i share position index i;
+    that every sample has (for example a periodic cell). Register i and element i share position index i;
     extra registers sit at fixed positions ``count + j`` so that they do not move with padding.
     """
 

@@ -68,5 +68,15 @@ def write_report(out: str | Path, title: str, sections: list[tuple[str, str]], d
     return out / "report.md"
 
 
+def training_speed(checkpoint: str) -> float | None:
+    """Mean logged training samples/s of the run that wrote ``checkpoint`` (its metrics.jsonl)."""
+    path = Path(checkpoint).resolve().parent.parent / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    rates = [r["samples_per_s"] for r in rows[1:] or rows if "samples_per_s" in r]  # row 0 holds warm-up
+    return round(sum(rates) / len(rates), 1) if rates else None
+
+
 def load_results(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
