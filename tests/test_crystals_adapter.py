@@ -107,7 +107,8 @@ def test_translation_augmentation_keeps_the_structure():
     a, _, batch = make()
     moved = a.augment(batch, torch.Generator().manual_seed(1))
     assert not torch.allclose(moved.data["frac"][batch.mask], batch.data["frac"][batch.mask])
-    assert torch.equal(moved.data["lattice"], batch.data["lattice"]) and torch.equal(moved.data["types"], batch.data["types"])
+    assert torch.equal(moved.data["lattice"], batch.data["lattice"])
+    assert torch.equal(moved.data["types"], batch.data["types"])
     assert (moved.data["frac"][~batch.mask] == 0).all()
     for x, y in zip(a.batch_to_domain(batch), a.batch_to_domain(moved)):
         sx, sy = _structure(x), _structure(y)
@@ -126,7 +127,7 @@ def test_embedding_is_periodic():
 
 # ----------------------------------------------------------------------------- loss and decoding
 def _perfect(a, batch):
-    types, mask = batch.data["types"], batch.mask
+    types = batch.data["types"]
     logits = torch.nn.functional.one_hot(types.clamp_max(NUM_TYPES - 1), NUM_TYPES).float() * 60 - 30
     present = torch.zeros(len(batch), NUM_TYPES + 1).scatter_(1, types, 1.0)[:, :NUM_TYPES]
     return {"type_logits": logits, "sincos": frac_to_sincos(batch.data["frac"]),

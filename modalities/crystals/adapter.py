@@ -15,9 +15,12 @@ Registers: one per atom (register i absorbs atom i) plus one extra register, the
 Heads: per atom, type logits over Z = 1..100 and [sin, cos](2 pi x) for each axis (decoded with atan2,
 modulo 1); on the lattice register, the 6 normalised lattice numbers and a composition head: one logit
 per element for "this element occurs in the crystal". SPEC's prototype failed mainly on composition (its
-per-atom element choices disagreed: 4.5 elements per crystal against 3.0), so at decoding each atom
-chooses among the elements that the lattice register, which attends to every atom, says are present
-(``composition_decode``; off = plain per-atom argmax).
+per-atom element choices disagreed: 4.5 elements per crystal against 3.0). The lattice register attends
+to every atom in the GE and the decoder, and the composition head trains it to summarise the whole
+crystal's elements. ``type_decode=composition`` lets each atom choose only among the elements that head
+predicts present. Measured on a 10-minute CPU run (200 samples): it cut elements per crystal from 3.8
+to 1.9-2.9 (by threshold) without raising compositional validity (69.5 % with argmax) and lowered the
+reconstruction match (83 % -> 79-82 %). So ``argmax`` is the default, and the rule stays available.
 
 Reconstruction loss, per crystal then averaged: cross-entropy on types + MSE on the sin/cos pairs (a
 periodic error: 2 - 2 cos(2 pi dx) per axis) + MSE on the normalised lattice + binary cross-entropy of the
