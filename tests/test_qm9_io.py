@@ -97,7 +97,7 @@ def test_writers_reject_mismatched_input(tmp_path: Path) -> None:
 
 BAD_FIXTURES = {
     "empty.xyz": "empty file",
-    "truncated.xyz": "Frame has 3 atoms, expected 5",
+    "truncated.xyz": "claims 5 atoms but only 3 lines follow",
     "garbage.xyz": "not a valid XYZ file",
     "unknown_element.xyz": "unknown element symbol 'Xx'",
     "dummy_atom.xyz": "not a known element \\(Z=0\\)",

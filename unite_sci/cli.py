@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from typing import Any, Callable
 
 # Set before torch loads: with 2 threads and any other load, OpenMP spinning made steps 5x slower.
@@ -170,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     from .errors import UserError
 
+    # Libraries' deprecation notices about their own internals (torch.jit.script inside lpips and
+    # torch-geometric) are not the user's business and would break the one-line error contract.
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script.*")
     try:
         COMMANDS[args.command](args)
     except UserError as e:

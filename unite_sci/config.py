@@ -6,6 +6,8 @@ out-of-range values raise :class:`ConfigError` naming the key.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -64,7 +66,7 @@ class OptimConfig:
     schedule: str = "cosine"            # cosine | constant (after warmup)
     warmup_steps: int = 100
     min_lr: float = 1e-6
-    grad_clip: float = 3.0
+    grad_clip: float = 3.0              # global gradient-norm clip; 0 = off
     ema_decay: float = 0.9978
     ema_warmup: bool = True             # decay min(ema_decay, (1+n)/(10+n)): short runs forget the init
 
@@ -141,10 +143,23 @@ def _get(cfg: RunConfig, key: str) -> Any:
     return obj
 
 
+def _floats(node: Any, key: str = "") -> list[tuple[str, float]]:
+    """Every float setting (nested dataclasses, lists and tuples included) as (dotted key, value)."""
+    if dataclasses.is_dataclass(node):
+        return [kv for f in dataclasses.fields(node)
+                for kv in _floats(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)]
+    if isinstance(node, (list, tuple)):
+        return [kv for i, v in enumerate(node) for kv in _floats(v, f"{key}[{i}]")]
+    return [(key, node)] if isinstance(node, float) else []
+
+
 def validate(cfg: RunConfig) -> None:
     """Range and choice checks that a type schema cannot express."""
     from .model import PRESETS
 
+    for key, value in _floats(cfg):
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}': must be a finite number, got {value}")
     for key, choices in CHOICES.items():
         if _get(cfg, key) not in choices:
             raise ConfigError(f"config key '{key}': {_get(cfg, key)!r} is not one of {', '.join(choices)}")
@@ -177,29 +192,35 @@ def build_config(modality: str, data_schema: type, files: list[str | Path] = (),
     """
     base = OmegaConf.structured(RunConfig(modality=modality))
     base.data = OmegaConf.structured(data_schema())
+    where = "config could not be read"
     try:
         merged: DictConfig = base
         for f in files:
             path = Path(f)
             if not path.is_file():
                 raise ConfigError(f"config file '{path}' does not exist")
+            where = f"config file '{path}' could not be read"
             loaded = OmegaConf.load(path)
             if not isinstance(loaded, DictConfig):
                 raise ConfigError(f"config file '{path}' is not a mapping of keys")
+            where = f"config file '{path}'"
             merged = OmegaConf.merge(merged, loaded)
+        where = "config overrides"
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg: RunConfig = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
+        key = getattr(e, "full_key", None)
         msg = str(getattr(e, "msg", e)).splitlines()[0]
-        raise ConfigError(f"config key '{key}': {msg}") from None
-    except Exception as e:  # yaml syntax errors carry no key: name the problem
+        raise ConfigError(f"config key '{key}': {msg} ({where})" if key else f"{where}: {msg}") from None
+    except Exception as e:  # yaml syntax errors and bad encodings carry no key: name the file
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"config could not be read: {str(e).splitlines()[0]}") from None
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{where}: {first} (not UTF-8 YAML?)" if isinstance(e, UnicodeDecodeError)
+                          else f"{where}: {first}") from None
     if cfg.modality != modality:
         raise ConfigError(f"config key 'modality': the file says {cfg.modality!r}, the command {modality!r}")
     validate(cfg)

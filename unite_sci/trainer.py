@@ -301,7 +301,8 @@ class Trainer:
             o.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        # grad_clip 0 = no clipping (max_norm inf still returns the norm, for the finiteness check)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or float("inf"))
         if not (torch.isfinite(loss) and torch.isfinite(norm)):
             self.nonfinite += 1
             self.skipped += 1

@@ -129,6 +129,27 @@ def write_extxyz(
     _atomic_write(path, lambda f: write(f, frames, format="extxyz"), binary=False)
 
 
+def _check_xyz_counts(path: Path, text: str) -> None:
+    """Walk the frames' atom-count lines first: a header claiming 10^12 atoms would make ase loop for
+    minutes, and a count larger than the lines left is a truncated file."""
+    lines = text.splitlines()
+    i, frame = 0, 0
+    while i < len(lines):
+        if not lines[i].strip():  # blank lines between or after frames
+            i += 1
+            continue
+        frame += 1
+        head = lines[i].split()[0]
+        if not head.isdigit():
+            raise DataError(f"{path}: not a valid XYZ file (line {i + 1} should hold frame {frame}'s atom "
+                            f"count, found {head[:40]!r})")
+        n = int(head)
+        if n > len(lines) - i - 2:
+            raise DataError(f"{path}: not a valid XYZ file (frame {frame}, line {i + 1}, claims {n} atoms but "
+                            f"only {max(len(lines) - i - 2, 0)} lines follow: truncated?)")
+        i += n + 2
+
+
 def read_extxyz(path: str | os.PathLike) -> tuple[list[np.ndarray], list[np.ndarray], list[dict]]:
     """Read every frame of an (extended or plain) XYZ file.
 
@@ -139,6 +160,7 @@ def read_extxyz(path: str | os.PathLike) -> tuple[list[np.ndarray], list[np.ndar
 
     path = Path(path)
     text = _read_text(path)
+    _check_xyz_counts(path, text)
     try:
         # A file object, not the path: ase would read "name@3.xyz" as an index into "name".
         frames = read(io.StringIO(text), index=":", format="extxyz")
