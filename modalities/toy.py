@@ -78,7 +78,7 @@ class ToyAdapter(AdapterBase):
     def reconstruction_loss(self, out, batch):
         m = batch.mask.float()  # per-sample mean over real points, then over samples
         err = ((((out["points"] - batch.data["points"]) ** 2).sum(-1) * m).sum(1) / m.sum(1)).mean()
-        return err, {"mse": float(err.detach())}
+        return err, {"mse": err.detach()}
 
     def sample_sizes(self, num, generator):
         return torch.randint(self.cfg.min_points, self.cfg.max_points + 1, (num,), generator=generator)

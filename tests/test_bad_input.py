@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 import pytest
 
 from unite_sci.config import build_config
@@ -285,3 +286,57 @@ def one_line_naming(err: BaseException, path: Path | None, needle: str) -> None:
     if path is not None:
         assert str(path) in msg or path.name in msg, f"error does not name the file: {msg}"
     assert needle.lower() in msg.lower(), f"{needle!r} not in {msg!r}"
+
+
+# ------------------------------------------------------------------ metrics on garbage samples
+def test_molecule_metrics_on_garbage_samples() -> None:
+    from unite_sci_modalities.qm9 import metrics as qm
+
+    rng = np.random.default_rng(1)
+    cases = {
+        "0 atoms": (np.zeros(0, int), np.zeros((0, 3))),
+        "1000 random atoms": (rng.choice([1, 6, 7, 8, 9], 1000), rng.uniform(-12, 12, (1000, 3))),
+        "all atoms in one point": (np.array([6, 6, 8, 1, 1]), np.ones((5, 3))),
+        "random atoms": (rng.choice([1, 6, 7, 8], 12), rng.normal(size=(12, 3))),
+        "inf": (np.array([6, 8]), np.array([[0, 0, 0], [np.inf, 0, 0]])),
+    }
+    zs, ps = zip(*cases.values())
+    out = qm.evaluate_generation(list(zs), list(ps), {"C"}, workers=1, progress=False)
+    assert out["adit/validity"] < 100 and out["edm/molecule_stability"] == 0.0
+    for name, (z, pos) in cases.items():
+        r = qm.evaluate_molecule(z, pos)
+        assert not r.connected and r.reason, name  # invalid, with the reason written down
+
+
+def test_crystal_metrics_on_garbage_samples() -> None:
+    from unite_sci_modalities.crystals import metrics as cm
+
+    rng = np.random.default_rng(2)
+    cube, right = np.full(3, 10.0), np.full(3, 90.0)
+    cases = {
+        "0 atoms": (np.zeros(0, int), np.zeros((0, 3)), cube, right),
+        "1000 atoms of 60 elements": (rng.integers(1, 61, 1000), rng.random((1000, 3)), cube, right),
+        "all atoms in one point": (np.array([11, 17, 11, 17]), np.zeros((4, 3)), cube, right),
+        "flat cell": (np.array([11, 17]), rng.random((2, 3)), np.array([5.0, 5.0, 0.0]), right),
+        "degenerate angles": (np.array([11, 17]), rng.random((2, 3)), cube, np.array([90.0, 90.0, 180.0])),
+        "inf length": (np.array([11, 17]), rng.random((2, 3)), np.array([5.0, np.inf, 5.0]), right),
+    }
+    out = cm.evaluate_generation(list(cases.values()), train=[cases["all atoms in one point"]], workers=1,
+                                 time_limit_s=20, progress=False)
+    assert out["MP-20/struct_valid_pct"] == 0.0 and out["MP-20/valid_pct"] == 0.0
+    v = cm.validity(list(cases.values()), time_limit_s=20, progress=False)
+    assert not v.valid.any() and all(v.reasons), dict(zip(cases, v.reasons))
+    rec = cm.reconstruction_metrics(list(cases.values()), list(cases.values()), time_limit_s=20, progress=False)
+    assert rec["MP-20/match_rate_pct"] == 0.0  # invalid crystals never count as matches (the ADiT gate)
+
+
+def test_image_metrics_on_garbage_samples() -> None:
+    from unite_sci_modalities.images import fid
+
+    x = torch.rand(4, 1, 32, 32)
+    garbage = torch.stack([torch.full_like(x[0], float("nan")), torch.full_like(x[0], float("inf")),
+                           x[0] * 1e6, -x[0]])
+    u8 = iio.to_uint8(garbage)
+    assert u8.dtype == np.uint8 and u8[0].max() == 0 and u8[1].min() == 255 and u8[3].max() == 0
+    p = fid.psnr(torch.from_numpy(u8).float() / 255, torch.zeros_like(x))
+    assert torch.isfinite(p).all() and p[0] == 100.0  # identical images: the floor, not inf

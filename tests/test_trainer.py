@@ -124,6 +124,8 @@ def test_two_stage_freezes_the_tokenizer_in_phase_two(tmp_path):
     final = tr2.model.encoder.state_dict()
     assert all(torch.equal(final[k], enc_ckpt[f"encoder.{k}"]) for k in final)
     assert any(not torch.equal(final[k], enc_before[k]) for k in final)  # it did load the trained one
+    # the EMA warm-up restarted at the switch (step 4 of 8): 4 updates in phase two, not 8
+    assert tr2.ema.updates == 4 and tr2.phase_start == 4
 
 
 def test_nonfinite_steps_are_skipped_then_abort(tmp_path, monkeypatch):
@@ -147,3 +149,17 @@ def test_size_buckets_keep_every_item_once_per_epoch_and_cut_padding():
                           for s in range(20))
     assert pad(bucketed) < 0.3 * pad(plain)
     assert bucketed.indices(7) == StepBatchSampler(640, 32, 0, 7, sizes=sizes, bucket=10).indices(7)
+
+
+@pytest.mark.slow  # compiling takes about a minute on 2 cores: run by `pytest -m slow`
+def test_compiled_step_matches_eager(tmp_path, monkeypatch):
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor, "fallback_random", True)  # compiled code draws eager's random numbers
+    eager = make_trainer(tmp_path / "a", "optim.warmup_steps=0")
+    comp = make_trainer(tmp_path / "b", "optim.warmup_steps=0", "train.compile=true")
+    comp.model.load_state_dict(eager.model.state_dict())
+    batch = next(iter(eager._loader()))
+    for _ in range(2):
+        la, lb = eager.train_step(batch), comp.train_step(batch)
+        assert abs(la["loss"] - lb["loss"]) < 1e-4 * max(1.0, abs(la["loss"]))

@@ -77,8 +77,9 @@ class Adapter(Protocol):
         """Position table (K, width) for the decoder, or None for the default 1-D sin-cos."""
         ...
 
-    def reconstruction_loss(self, out: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        """Scalar loss and named parts for logging."""
+    def reconstruction_loss(self, out: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """Scalar loss and named parts for logging (detached 0-d tensors: a ``float()`` here would make
+        the trainer synchronise and break a ``torch.compile`` graph at every step)."""
         ...
 
     def sample_sizes(self, num: int, generator: torch.Generator) -> Tensor | None:

@@ -81,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     precision: str = "fp32"             # fp32 | bf16 (autocast)
+    compile: bool = False               # torch.compile the training forward (fuses element-wise ops)
     threads: int = 0                    # CPU threads for torch; 0 = all cores
     num_workers: int = 0                # data-loading processes
     bucket_batches: int = 0             # >1: sort runs of this many batches by item size (less padding)

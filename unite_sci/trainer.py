@@ -214,6 +214,9 @@ class Trainer:
         if self.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.model, find_unused_parameters=self.phase != "joint")
+        if self.cfg.train.compile:
+            # dynamic shapes: size buckets change the padded element count from batch to batch
+            self.ddp = torch.compile(self.ddp, dynamic=True)
 
     def _loader(self) -> DataLoader:
         t = self.cfg.train
@@ -354,6 +357,10 @@ class Trainer:
                 if t.mode == "two_stage" and self.phase == "tokenizer" and self.progress() >= t.tokenizer_fraction:
                     self.phase, self.phase_start = "denoiser", self.step
                     self._build_optimizers()
+                    # restart the EMA warm-up: the new denoiser's average must not start at full decay
+                    # (it would hold mostly its random init after a short phase), and the now frozen
+                    # tokenizer's average moves to the very weights that made the denoiser's latents
+                    self.ema.updates = 0
                 t0 = time.time()  # wall time of the step, data loading included
                 logs = self.train_step(next(loader))
                 self.elapsed += time.time() - t0

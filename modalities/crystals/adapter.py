@@ -259,14 +259,14 @@ class CrystalAdapter(AdapterBase):
         lat = ((out["lattice"].float() - batch.data["lattice"]) ** 2).mean(-1).mean()
         c = self.cfg
         loss = c.type_weight * ce + c.coord_weight * se + c.lattice_weight * lat
-        parts = {"type_ce": float(ce.detach()), "coord_mse": float(se.detach()), "lattice_mse": float(lat.detach())}
+        parts = {"type_ce": ce.detach(), "coord_mse": se.detach(), "lattice_mse": lat.detach()}
         if "comp_logits" in out:
             present = torch.zeros(len(batch), NUM_TYPES + 1, device=types.device)
             present.scatter_(1, types, 1.0)  # padding lands in the extra column, dropped below
             bce = F.binary_cross_entropy_with_logits(out["comp_logits"].float(), present[:, :NUM_TYPES],
                                                      reduction="none").sum(-1).mean()
             loss = loss + c.composition_weight * bce
-            parts["composition_bce"] = float(bce.detach())
+            parts["composition_bce"] = bce.detach()
         return loss, parts
 
     # ------------------------------------------------------------------ generation

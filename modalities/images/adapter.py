@@ -260,11 +260,11 @@ class ImageAdapter(AdapterBase):
     def reconstruction_loss(self, out: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, float]]:
         pred, target = out["images"].float(), batch.data["images"]  # (B, C, H, W), target in [0, 1]
         l1 = (pred - target).abs().mean()
-        loss, parts = self.cfg.l1_weight * l1, {"l1": float(l1.detach())}
+        loss, parts = self.cfg.l1_weight * l1, {"l1": l1.detach()}
         if self.cfg.lpips_weight > 0:
             lp = self.lpips(pred.device)(pred, target).mean()
             loss = loss + self.cfg.lpips_weight * lp
-            parts["lpips"] = float(lp.detach())
+            parts["lpips"] = lp.detach()
         return loss, parts
 
     # ------------------------------------------------------------------ domain objects

@@ -20,11 +20,13 @@ from .data import IMAGE_SUFFIXES, read_image
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(N, C, H, W) float in [0, 1] (clipped) or uint8 -> (N, C, H, W) uint8 numpy."""
+    """(N, C, H, W) float in [0, 1] (clipped; NaN -> 0, a diverged decoder gives black, not noise) or
+    uint8 -> (N, C, H, W) uint8 numpy."""
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().float().numpy() if images.dtype != torch.uint8 else images.cpu().numpy()
     if images.dtype == np.uint8:
         return images
+    images = np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
     return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 

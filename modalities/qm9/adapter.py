@@ -178,7 +178,7 @@ class QM9Adapter(AdapterBase):
         se = ((pred.float() - pos) ** 2).sum(-1)  # (B, K) squared error, Angstrom^2
         mse = ((se * m).sum(1) / m.sum(1)).mean()
         loss = self.cfg.type_weight * ce + self.cfg.coord_weight * mse
-        return loss, {"type_ce": float(ce.detach()), "coord_mse": float(mse.detach())}
+        return loss, {"type_ce": ce.detach(), "coord_mse": mse.detach()}
 
     # ------------------------------------------------------------------ generation
     def sample_sizes(self, num: int, generator: torch.Generator) -> Tensor | None:
