@@ -40,6 +40,27 @@ def center_of_mass(z: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return (m[:, None] * pos).sum(0) / m.sum()
 
 
+def principal_axes_frame(z: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Coordinates (N, 3) in Angstrom rotated into the molecule's principal-axes frame.
+
+    Axes: eigenvectors of the mass-weighted second moment about the centre of mass, largest spread
+    first; the sign of each of the first two axes makes the mass-weighted third moment along it
+    non-negative, the third axis completes a right-handed frame, so the map is a proper rotation (plus the
+    centring) and leaves every distance and angle unchanged. A pose-free representation: the model then
+    learns no orientations. Molecules with degenerate moments (symmetric tops) keep an arbitrary but
+    deterministic choice among their equivalent frames.
+    """
+    m = masses(z)[:, None]
+    x = pos - (m * pos).sum(0) / m.sum()
+    _, vec = np.linalg.eigh((m * x).T @ x)  # ascending eigenvalues
+    axes = vec[:, ::-1].copy()  # (3, 3), columns largest spread first
+    for k in range(2):
+        if (m[:, 0] * (x @ axes[:, k]) ** 3).sum() < 0:
+            axes[:, k] *= -1
+    axes[:, 2] = np.cross(axes[:, 0], axes[:, 1])
+    return (x @ axes).astype(pos.dtype)
+
+
 def random_rotations(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniformly random proper rotation matrices (n, 3, 3), via QR of a Gaussian matrix."""
     a = torch.randn(n, 3, 3, generator=generator)

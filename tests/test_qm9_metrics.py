@@ -17,6 +17,7 @@ pytest.importorskip("openbabel")
 from rdkit import Chem  # noqa: E402
 
 from unite_sci_modalities.qm9 import bonds, metrics, render  # noqa: E402
+from unite_sci_modalities.qm9 import protocols  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "data" / "qm9_metrics" / "qm9_sample.xyz"
 SYMBOLS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
@@ -47,19 +48,52 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q if np.linalg.det(q) > 0 else -q
 
 
-def _garbage() -> dict[str, tuple[object, object]]:
-    rng = np.random.default_rng(0)
-    grid = np.stack(np.meshgrid(*[np.arange(8)] * 3, indexing="ij"), -1).reshape(-1, 3)[:500] * 1.4
+def _unusable() -> dict[str, tuple[object, object]]:
+    """Inputs no toolkit can take: refused with a reason before any protocol runs."""
+    too_many = protocols.MAX_ATOMS + 1
     return {
         "empty": (np.zeros(0, int), np.zeros((0, 3))),
-        "one atom": ([6], [[0.0, 0.0, 0.0]]),
         "nan": ([6, 1, 1], [[0, 0, 0], [np.nan, 0, 0], [1.1, 0, 0]]),
-        "on top of each other": ([6, 6, 8], np.zeros((3, 3))),
-        "500 atoms": (rng.choice([1, 6, 7, 8], 500), grid + 0.05 * rng.normal(size=grid.shape)),
         "unknown Z": ([0, 6], [[0, 0, 0], [1.5, 0, 0]]),
         "shape mismatch": ([6, 6, 6], [[0, 0, 0], [1.5, 0, 0]]),
         "huge coordinates": ([6, 6], [[0, 0, 0], [1e6, 0, 0]]),
+        "too many atoms": (np.ones(too_many, int), np.zeros((too_many, 3))),
     }
+
+
+def _degenerate() -> dict[str, tuple[object, object]]:
+    """Odd but usable molecules: the peers judge them, so the protocols must too."""
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.arange(8)] * 3, indexing="ij"), -1).reshape(-1, 3)[:500] * 1.4
+    return {
+        "one atom": ([6], [[0.0, 0.0, 0.0]]),
+        "on top of each other": ([6, 6, 8], np.zeros((3, 3))),
+        "500 atoms": (rng.choice([1, 6, 7, 8], 500), grid + 0.05 * rng.normal(size=grid.shape)),
+    }
+
+
+def _pymatgen_adit(z: np.ndarray, pos: np.ndarray) -> tuple[bool, str, int]:
+    """ADiT's own route, (valid, SMILES of the first largest fragment, fragments), as its evaluator runs it."""
+    pmg = pytest.importorskip("pymatgen.core")
+    block = pmg.Molecule(species=[int(x) for x in z], coords=pos).to(fmt="pdb")  # ADiT writes this to a file
+    mol = Chem.MolFromPDBBlock(block, removeHs=True)
+    if mol is None:
+        return False, "", 0
+    frags = Chem.GetMolFrags(mol, asMols=True)
+    sizes = [f.GetNumAtoms() for f in frags]
+    return True, Chem.MolToSmiles(frags[sizes.index(max(sizes))], isomericSmiles=True), len(frags)
+
+
+# QM9 index 123721 (EDM test split, position 11303), 0.08 A of Gaussian noise on every coordinate, rounded to
+# 1 mA. OpenBabel perceives it as valid in this order; swapping atoms 0 (C) and 7 (N) makes it invalid.
+ORDER_Z = np.array([6, 6, 6, 6, 6, 7, 6, 7, 7, 1, 1, 1, 1, 1, 1, 1])
+ORDER_POS = np.array([
+    [-0.664, 1.481, -0.363], [0.502, 2.157, -0.021], [1.7, 1.33, 0.207], [1.839, -0.329, 0.372],
+    [0.466, -0.712, 0.092], [0.084, -1.759, 0.175], [-1.174, -1.776, -0.088], [-1.672, -0.788, -0.337],
+    [-0.582, 0.135, -0.111], [-1.513, 1.918, 0.631], [-1.163, 1.834, -1.529], [0.818, 3.138, -0.024],
+    [2.665, 1.873, 0.496], [2.572, -0.622, -0.362], [2.093, -0.434, 1.33], [-1.845, -2.856, -0.29],
+])  # fmt: skip
+ORDER_SMILES = "C1=CC[C@]23N=C2NN3C1"
 
 
 # ---------------------------------------------------------------------------------------- generation
@@ -85,10 +119,14 @@ def test_evaluate_generation_summary_and_csv(tmp_path: Path) -> None:
     assert out["edm/validity"] == 100.0
     assert out["edm/molecule_stability"] >= 90.0 and out["edm/atom_stability"] >= 99.0
     assert out["adit/uniqueness"] == 100.0 and out["invalid_input"] == 0.0
+    assert out["too_close_fraction"] == 0.0
+    for key in ("canonical/validity", "canonical/connected_validity", "canonical/uniqueness"):
+        assert out[key] == 100.0, key
     assert "adit/novelty" not in out  # no training set given
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == len(MOLS)
-    assert {"index", "valid", "reason", "smiles", "stable", "connected"} <= set(rows[0])
+    assert {"index", "valid", "reason", "smiles", "stable", "connected", "too_close", "min_pair_distance",
+            "canonical_valid", "canonical_smiles", "canonical_connected"} <= set(rows[0])
 
 
 def test_parallel_equals_serial(tmp_path: Path) -> None:
@@ -98,18 +136,104 @@ def test_parallel_equals_serial(tmp_path: Path) -> None:
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
 
 
-def test_garbage_is_invalid_with_reason_and_never_crashes() -> None:
-    cases = _garbage()
+def test_unusable_input_is_refused_with_reason_and_never_crashes() -> None:
+    cases = _unusable()
     for name, (z, pos) in cases.items():
         r = metrics.evaluate_molecule(z, pos)
-        assert not r.valid and not r.stable and not r.connected, name
-        assert r.reason, name
+        assert r.rejected and r.reason, name
+        verdicts = (r.valid, r.valid_with_h, r.connected, r.stable, r.edm_valid, r.canonical_valid)
+        assert not any(verdicts), name
     zs, ps = zip(*cases.values())
     out = metrics.evaluate_generation(list(zs), list(ps), {"C"}, workers=1, progress=False)
+    assert out["invalid_input"] == 100.0 and out["too_close_fraction"] == 0.0
     assert out["adit/validity"] == 0.0 and out["edm/molecule_stability"] == 0.0
     assert out["adit/novelty"] == 0.0 and out["adit/uniqueness"] == 0.0
     rec = metrics.reconstruction_metrics(list(zip(zs, ps)), list(zip(zs, ps)), workers=1, progress=False)
-    assert rec["reconstruction/match_rate"] < 100.0
+    assert rec["reconstruction/match_rate"] == 0.0
+
+
+def test_degenerate_molecules_are_judged_as_the_peers_judge_them() -> None:
+    """Neither peer rejects a lone atom or atoms on one point: their protocols run and give a verdict."""
+    cases = _degenerate()
+    records = {name: metrics.evaluate_molecule(z, pos) for name, (z, pos) in cases.items()}
+    assert not any(r.rejected for r in records.values())
+    lone, pile = records["one atom"], records["on top of each other"]
+    # EDM: a carbon with no bond has valence 0 (unstable); the bare graph sanitises (implicit hydrogens).
+    assert lone.valid and lone.smiles == "C" and lone.connected and not lone.stable and lone.edm_valid
+    # Three single-atom fragments: ADiT takes the first (C); EDM's tables give C#C and C#O bonds at 0 A.
+    assert pile.too_close and pile.min_pair_distance == 0.0 and not lone.too_close
+    assert pile.valid and pile.smiles == "C" and not pile.connected
+    assert not pile.stable and not pile.edm_valid and pile.stable_atoms == 0
+    for name, (z, pos) in cases.items():
+        valid, smiles, n_frags = _pymatgen_adit(np.asarray(z), np.asarray(pos, float))
+        r = records[name]
+        assert (r.valid, r.smiles, r.connected) == (valid, smiles, valid and n_frags == 1), name
+
+
+def test_adit_judges_atoms_in_the_order_given() -> None:
+    """OpenBabel's perception depends on atom order; ADiT hands it the atoms as emitted, and so must we."""
+    swap = np.arange(len(ORDER_Z))
+    swap[[0, 7]] = [7, 0]
+    given = metrics.evaluate_molecule(ORDER_Z, ORDER_POS)
+    swapped = metrics.evaluate_molecule(ORDER_Z[swap], ORDER_POS[swap])
+    assert given.valid and given.smiles == ORDER_SMILES and given.connected
+    assert not swapped.valid and not swapped.connected and swapped.reason
+    # The order-invariant variant gives one verdict for both orders.
+    assert given.canonical_valid and swapped.canonical_valid
+    assert given.canonical_smiles == swapped.canonical_smiles
+    # EDM's tables do not care about order.
+    for field in ("stable", "stable_atoms", "edm_valid"):
+        assert getattr(given, field) == getattr(swapped, field), field
+    assert _pymatgen_adit(ORDER_Z, ORDER_POS) == (True, ORDER_SMILES, 1)
+    assert not _pymatgen_adit(ORDER_Z[swap], ORDER_POS[swap])[0]
+
+
+def test_adit_hands_openbabel_the_input_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The atoms reach OpenBabel, and so the PDB block, exactly as given (the canonical variant runs second)."""
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    real = protocols.openbabel_mol
+
+    def spy(z: np.ndarray, pos: np.ndarray):  # noqa: ANN202
+        seen.append((np.asarray(z).copy(), np.asarray(pos).copy()))
+        return real(z, pos)
+
+    monkeypatch.setattr(protocols, "openbabel_mol", spy)
+    z, pos = ZS[0], PS[0]
+    k = np.random.default_rng(0).permutation(len(z))
+    metrics.evaluate_molecule(z[k], pos[k])
+    assert len(seen) == 2  # ADiT's route, then the canonical variant
+    assert np.array_equal(seen[0][0], z[k]) and np.array_equal(seen[0][1], pos[k])
+    pdb = bonds.pdb_block(real(z[k], pos[k]))
+    elements = [line[76:78].strip() for line in pdb.splitlines() if line.startswith("HETATM")]
+    assert elements == [Chem.GetPeriodicTable().GetElementSymbol(int(x)) for x in z[k]]
+
+
+def test_largest_fragment_tie_goes_to_the_first_as_in_adit() -> None:
+    nh3 = np.array([[0, 0, 0], [1.01, 0, 0], [-0.34, 0.95, 0], [-0.34, -0.48, 0.82]])
+    h4 = [[0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]]
+    ch4 = np.array([[0, 0, 0], *h4], dtype=float)
+    ch4 += [6.0, 0, 0]  # 6 A from the ammonia: two fragments of one heavy atom each
+    n_first = metrics.evaluate_molecule([7, 1, 1, 1, 6, 1, 1, 1, 1], np.vstack([nh3, ch4]))
+    c_first = metrics.evaluate_molecule([6, 1, 1, 1, 1, 7, 1, 1, 1], np.vstack([ch4, nh3]))
+    assert (n_first.smiles, c_first.smiles) == ("N", "C")  # one heavy atom each: the first fragment wins
+    assert n_first.valid and not n_first.connected and n_first.stable  # EDM: both fragments are fine
+    assert n_first.canonical_smiles == c_first.canonical_smiles == "C"  # the variant: smallest SMILES
+
+
+def test_close_pair_is_judged_by_edm_tables_not_rejected() -> None:
+    """H-C#C-H with the carbons 0.05 A apart: EDM's tables give C#C (5 pm < 120 + 3) and one C-H each
+    (116 pm < 109 + 10, 121 pm is not), so EDM calls it stable and valid; it is only flagged too close."""
+    z = np.array([6, 6, 1, 1])
+    pos = np.array([[0.0, 0, 0], [0.05, 0, 0], [-1.16, 0, 0], [1.21, 0, 0]])
+    r = metrics.evaluate_molecule(z, pos)
+    assert not r.rejected and r.too_close and r.min_pair_distance == pytest.approx(0.05)
+    assert r.stable and r.stable_atoms == 4 and r.edm_valid and r.unstable == ""
+    assert (r.valid, r.smiles, r.connected) == (True, "C", False)  # OpenBabel does not bond atoms < 0.4 A apart
+    out = metrics.evaluate_generation([z, ZS[0]], [pos, PS[0]], None, workers=1, progress=False)
+    assert out["too_close_fraction"] == 50.0 and out["invalid_input"] == 0.0
+    assert out["edm/molecule_stability"] == 100.0 and out["edm/validity"] == 100.0
+    valid, smiles, n_frags = _pymatgen_adit(z, pos)
+    assert (valid, smiles, n_frags) == (True, "C", 2)
 
 
 def test_shattered_molecule_is_valid_but_not_connected() -> None:
@@ -133,14 +257,18 @@ def test_novelty_against_training_smiles(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_permutation_rotation_translation_invariance(seed: int) -> None:
+    """EDM's and the canonical verdicts ignore atom order and pose; ADiT's ignore pose (order matters there)."""
     rng = np.random.default_rng(seed)
     for z, pos in zip(ZS, PS):
         a = metrics.evaluate_molecule(z, pos)
+        rotation, shift = _random_rotation(rng), rng.normal(size=3) * 10.0
         k = rng.permutation(len(z))
-        moved = pos[k] @ _random_rotation(rng).T + rng.normal(size=3) * 10.0
-        b = metrics.evaluate_molecule(z[k], moved)
-        for field in ("valid", "valid_with_h", "smiles", "stable", "stable_atoms", "edm_valid", "connected"):
+        b = metrics.evaluate_molecule(z[k], pos[k] @ rotation.T + shift)
+        c = metrics.evaluate_molecule(z, pos @ rotation.T + shift)
+        for field in ("stable", "stable_atoms", "edm_valid", "canonical_valid", "canonical_smiles"):
             assert getattr(a, field) == getattr(b, field), field
+        for field in ("valid", "valid_with_h", "smiles", "connected"):
+            assert getattr(a, field) == getattr(c, field), field
 
 
 def test_edm_bond_orders_closed_form() -> None:
@@ -229,8 +357,8 @@ def test_aligned_rmsd_closed_form() -> None:
 
 def test_sdf_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "samples.sdf"
-    zs = ZS[:5] + [np.array([6, 6])]
-    ps = PS[:5] + [np.zeros((2, 3))]  # broken: written with atoms only
+    zs = ZS[:5] + [np.array([0, 6])]
+    ps = PS[:5] + [np.array([[0.0, 0, 0], [1.5, 0, 0]])]  # unusable (Z = 0): written with atoms only
     assert render.write_sdf(path, zs, ps) >= 4
     back = list(Chem.SDMolSupplier(str(path), removeHs=False))
     assert len(back) == len(zs) and all(m is not None for m in back)

@@ -100,6 +100,13 @@ class Adapter(Protocol):
 
     def evaluate_reconstruction(self, inputs: list[Any], recons: list[Any]) -> dict[str, Any]: ...
 
+    def quick_metrics(self, samples: list[Any]) -> dict[str, float]:
+        """The headline generation metrics, cheap enough to run during training (a few seconds for 200
+        samples, in this process, no novelty or matching against the training set); keys as in
+        ``evaluate``. The trainer logs them every ``train.sample_every`` steps; {} (the ``AdapterBase``
+        default) means the adapter has none, and the trainer then draws no samples."""
+        ...
+
     def export(self, samples: list[Any], out_dir: Path) -> list[Path]:
         """Write samples in the field's formats; returns the files written."""
         ...
@@ -143,6 +150,9 @@ class AdapterBase:
         pass
 
     def evaluate_reconstruction(self, inputs: list[Any], recons: list[Any]) -> dict[str, Any]:
+        return {}
+
+    def quick_metrics(self, samples: list[Any]) -> dict[str, float]:
         return {}
 
     def item_sizes(self, dataset: Dataset) -> Any:
@@ -198,6 +208,12 @@ def get_adapter_class(name: str) -> type:
         _REGISTRY[name] = cls
         entry = cls
     return entry
+
+
+def has_quick_metrics(adapter: Any) -> bool:
+    """Whether ``adapter`` overrides the empty ``AdapterBase.quick_metrics`` (known without sampling)."""
+    method = getattr(type(adapter), "quick_metrics", None)
+    return method is not None and method is not AdapterBase.quick_metrics
 
 
 def missing_members(obj: Any) -> Sequence[str]:

@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="metrics of samples on disk")
     e.add_argument("--modality", required=True)
     e.add_argument("--samples", required=True)
-    e.add_argument("--per-sample", help="CSV with one row per sample")
+    e.add_argument("--per-sample", help="CSV with one row per sample; the modality's plots go beside it "
+                                        "(default with --out: <out without .json>_per_sample.csv)")
     e.add_argument("--out", help="write the metrics JSON here too")
     e.add_argument("--data-dir")
     e.add_argument("overrides", nargs="*", help="data.key=value settings of the modality")
@@ -120,7 +121,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .engine import evaluate_path, write_json
 
     over = ([f"data.data_dir={args.data_dir}"] if args.data_dir else []) + list(args.overrides)
-    metrics = evaluate_path(args.modality, args.samples, args.per_sample, over)
+    per_sample = args.per_sample
+    if per_sample is None and args.out:  # rows and plots land in the output folder, beside the JSON
+        per_sample = os.path.splitext(args.out)[0] + "_per_sample.csv"
+    metrics = evaluate_path(args.modality, args.samples, per_sample, over)
     if args.out:
         write_json(metrics, args.out)
     print(json.dumps(metrics, indent=2, default=str))

@@ -46,6 +46,8 @@ class FlowConfig:
     stop_gradient: bool = True          # ablation: False lets the flow loss shape z0
     label_dropout: float = 0.1
     tokenize_t_max: float = 0.01        # tokenize mode uses t ~ U[0, tokenize_t_max]
+    self_condition: float = 0.0         # probability of self-conditioning a flow pass on its own detached
+                                        # x-prediction (ADiT: 0.5); > 0 adds the input projection to the GE
 
 
 @dataclass
@@ -91,6 +93,10 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_nonfinite: int = 20             # abort after this many non-finite steps in a row
     progress: bool = True
+    sample_every: int = 0               # >0: every n steps, sample with the EMA weights and log the
+                                        # adapter's quick_metrics (rank 0; counts toward budget_minutes)
+    sample_num: int = 200               # samples per such check
+    sample_steps: int = 0               # solver steps of those samples; 0: sample.steps
 
 
 @dataclass
@@ -105,6 +111,7 @@ class SampleConfig:
     batch_size: int = 500
     seed: int = 0
     use_ema: bool = True
+    shift: Optional[float] = None       # time shift of the sampler's grid; None: the training flow.shift
 
 
 @dataclass
@@ -130,11 +137,12 @@ CHOICES = {
 }
 POSITIVE = ("flow.flow_batches", "train.batch_size", "sample.steps", "sample.num", "sample.batch_size",
             "model.latent_dim", "flow.clamp", "flow.shift", "optim.ema_decay", "train.log_every",
-            "train.ckpt_every", "train.keep_checkpoints", "train.max_nonfinite")
+            "train.ckpt_every", "train.keep_checkpoints", "train.max_nonfinite", "train.sample_num")
 NON_NEGATIVE = ("train.max_steps", "train.budget_minutes", "optim.lr", "optim.warmup_steps",
-                "optim.grad_clip", "train.threads", "train.num_workers", "train.bucket_batches", "model.in_context_tokens")
+                "optim.grad_clip", "train.threads", "train.num_workers", "train.bucket_batches",
+                "model.in_context_tokens", "train.sample_every", "train.sample_steps")
 UNIT_INTERVAL = ("flow.label_dropout", "decoder_noise.prob", "decoder_noise.t_min",
-                 "train.tokenizer_fraction", "optim.ema_decay", "flow.tokenize_t_max")
+                 "train.tokenizer_fraction", "optim.ema_decay", "flow.tokenize_t_max", "flow.self_condition")
 
 
 def _get(cfg: RunConfig, key: str) -> Any:
@@ -175,6 +183,8 @@ def validate(cfg: RunConfig) -> None:
     for key in UNIT_INTERVAL:
         if not 0.0 <= _get(cfg, key) <= 1.0:
             raise ConfigError(f"config key '{key}': must lie in [0, 1], got {_get(cfg, key)}")
+    if cfg.sample.shift is not None and not cfg.sample.shift > 0:
+        raise ConfigError(f"config key 'sample.shift': must be > 0, got {cfg.sample.shift}")
     lo, hi = cfg.sample.cfg_interval
     if not 0.0 <= lo <= hi <= 1.0:
         raise ConfigError(f"config key 'sample.cfg_interval': need 0 <= lo <= hi <= 1, got {[lo, hi]}")

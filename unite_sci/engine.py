@@ -48,9 +48,10 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     return Trainer(cfg, adapter, Path(cfg.out)).fit(resume=resume)
 
 
-def load_model(checkpoint: str | Path, device: str = "auto", use_ema: bool = True,
+def load_model(checkpoint: str | Path, device: str = "auto", use_ema: bool | None = None,
                overrides: list[str] = ()) -> tuple[Unite, Adapter, RunConfig]:
-    """Rebuild model and adapter from a checkpoint (EMA weights by default), in eval mode.
+    """Rebuild model and adapter from a checkpoint (EMA weights unless ``sample.use_ema`` says otherwise,
+    or ``use_ema`` is given), in eval mode.
 
     ``overrides`` may change sampling and data settings (``sample.*``, ``data.*``), not the model.
     """
@@ -67,6 +68,8 @@ def load_model(checkpoint: str | Path, device: str = "auto", use_ema: bool = Tru
             fh.write(to_yaml(cfg))
             fh.flush()
             cfg = build_config(cfg.modality, cls.config_class, [fh.name], list(overrides))
+    if use_ema is None:
+        use_ema = cfg.sample.use_ema
     adapter = cls(cfg.data)
     adapter.load_state_dict(state.get("adapter_state", {}))
     model = Unite(adapter, cfg)
@@ -94,6 +97,7 @@ def generate(model: Unite, adapter: Adapter, scfg: SampleConfig, num: int | None
         cond = (torch.arange(num) % adapter.num_classes if adapter.num_classes
                 else torch.full((num,), model.encoder.null_class))
     sizes = adapter.sample_sizes(num, gen)
+    shift = model.cfg.flow.shift if scfg.shift is None else scfg.shift
     out: list[Any] = []
     nfe_total, t0 = 0, time.time()
     for lo in tqdm(range(0, num, scfg.batch_size), desc="sample", disable=not progress, dynamic_ncols=True):
@@ -103,16 +107,17 @@ def generate(model: Unite, adapter: Adapter, scfg: SampleConfig, num: int | None
         noise = torch.randn(hi - lo, k, model.cfg.model.latent_dim, generator=gen).to(device)
         mask = mask.to(device) if mask is not None else None
 
-        def denoise(x, t, c, m=mask):  # guidance doubles the batch: repeat the mask with it
-            return model.denoiser.denoise(x, t, c, None if m is None else m.repeat(x.shape[0] // m.shape[0], 1))
+        def denoise(x, t, c, sc=None, m=mask):  # guidance doubles the batch: repeat the mask with it
+            return model.denoiser.denoise(x, t, c, None if m is None else m.repeat(x.shape[0] // m.shape[0], 1), sc)
 
         z, nfe = sample_latents(denoise, noise, cond[lo:hi].to(device), model.encoder.null_class,
-                                scfg.solver, scfg.steps, model.cfg.flow.shift, model.cfg.flow.clamp,
-                                scfg.cfg, tuple(scfg.cfg_interval), scfg.atol, scfg.rtol)
+                                scfg.solver, scfg.steps, shift, model.cfg.flow.clamp,
+                                scfg.cfg, tuple(scfg.cfg_interval), scfg.atol, scfg.rtol,
+                                self_condition=model.cfg.flow.self_condition > 0)
         nfe_total += nfe
         out.extend(adapter.to_domain(model.decode(z, mask), mask))
     wall = time.time() - t0
-    info = {"num_samples": num, "solver": scfg.solver, "steps": scfg.steps, "cfg_scale": scfg.cfg,
+    info = {"num_samples": num, "solver": scfg.solver, "steps": scfg.steps, "time_shift": shift, "cfg_scale": scfg.cfg,
             "cfg_interval": list(scfg.cfg_interval), "seed": scfg.seed, "nfe_per_batch": nfe_total /
             max(1, -(-num // scfg.batch_size)), "sampling_wall_s": round(wall, 2),
             "samples_per_s": round(num / max(wall, 1e-9), 2)}

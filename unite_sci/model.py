@@ -198,13 +198,16 @@ class GenerativeEncoder(nn.Module):
     def __init__(self, layout: RegisterLayout, latent_dim: int, width: int, depth: int, heads: int,
                  num_classes: int = 0, mlp_ratio: float = 4.0, time_freqs: int = 256,
                  rope_theta: float = 1e4, in_context_tokens: int = 0, in_context_start: int = 4,
-                 tokenize_t_max: float = 0.01):
+                 tokenize_t_max: float = 0.01, *, self_condition: bool = False):
         super().__init__()
         self.layout, self.latent_dim, self.width = layout, latent_dim, width
         self.rope_theta, self.heads = rope_theta, heads
         self.tokenize_t_max = tokenize_t_max
         self.in_context_tokens, self.in_context_start = in_context_tokens, in_context_start
         self.x_embed = nn.Linear(latent_dim, width)
+        # self-conditioning: the previous x-prediction enters through its own projection, zero-initialised
+        # so that a model trained without it starts as if it were absent
+        self.sc_embed = nn.Linear(latent_dim, width) if self_condition else None
         self.reg_embed = nn.Parameter(sincos_1d(layout.table_size, width))  # learnable, sin-cos init
         self.t_embed = TimeEmbedder(width, time_freqs)
         self.y_embed = ConditionEmbedder(num_classes, width)
@@ -227,6 +230,8 @@ class GenerativeEncoder(nn.Module):
             nn.init.zeros_(blk.ada[-1].bias)
         nn.init.zeros_(self.final.ada[-1].weight)
         nn.init.zeros_(self.final.ada[-1].bias)
+        if self.sc_embed is not None:
+            nn.init.zeros_(self.sc_embed.weight)
         # final.linear keeps its xavier init: a zero output would sit at LayerNorm's singular point
 
     @property
@@ -235,10 +240,15 @@ class GenerativeEncoder(nn.Module):
 
     def forward(self, registers: Tensor, t: Tensor, cond: Tensor, reg_mask: Tensor, reg_pos: Tensor,
                 tokens: Tensor | None = None, tok_mask: Tensor | None = None,
-                tok_pos: Tensor | None = None) -> Tensor:
-        """registers (B, K, C), t (B,), cond (B,) long, masks bool True = real -> latents (B, K, C)."""
+                tok_pos: Tensor | None = None, self_cond: Tensor | None = None) -> Tensor:
+        """registers (B, K, C), t (B,), cond (B,) long, masks bool True = real -> latents (B, K, C).
+
+        ``self_cond`` (B, K, C): the previous clean-latent prediction (self-conditioning); None = zeros.
+        """
         b, k, _ = registers.shape
         x = self.x_embed(registers) + self.reg_embed[reg_pos]  # (B, K, d)
+        if self.sc_embed is not None and self_cond is not None:
+            x = x + self.sc_embed(self_cond)  # (B, K, d)
         pos, mask = reg_pos, reg_mask
         if tokens is not None:
             if self.layout.per_element:  # element i shares register i's index embedding
@@ -282,10 +292,14 @@ class GenerativeEncoder(nn.Module):
         tok_pos = self.layout.token_positions(n, b, tokens.device)
         return self(noise, t, null, reg_mask, reg_pos, tokens, tok_mask, tok_pos)
 
-    def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor, elem_mask: Tensor | None) -> Tensor:
-        """Noisy latents x_t (B, K, C) at flow time t (B,) -> predicted clean latents (B, K, C)."""
+    def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor, elem_mask: Tensor | None,
+                self_cond: Tensor | None = None) -> Tensor:
+        """Noisy latents x_t (B, K, C) at flow time t (B,) -> predicted clean latents (B, K, C).
+
+        ``self_cond`` (B, K, C) is the previous prediction when the model was built with self-conditioning.
+        """
         reg_mask, reg_pos = self.layout.registers(elem_mask, x_t.shape[0], x_t.device)
-        return self(x_t, t, cond, reg_mask, reg_pos)
+        return self(x_t, t, cond, reg_mask, reg_pos, self_cond=self_cond)
 
 
 # ----------------------------------------------------------------------------- decoder

@@ -74,11 +74,23 @@ def guided_prediction(predict: Callable[[Tensor, Tensor, Tensor], Tensor], x: Te
 def sample_latents(denoise: Callable[[Tensor, Tensor, Tensor], Tensor], noise: Tensor, cond: Tensor,
                    null: int, solver: str = "heun", steps: int = 50, shift: float = 0.5,
                    clamp: float = 0.05, cfg: float = 1.0, cfg_interval: tuple[float, float] = (0.1, 1.0),
-                   atol: float = 1e-6, rtol: float = 1e-3) -> tuple[Tensor, int]:
-    """Noise (B, K, C) -> clean latents (B, K, C) with the given solver and guidance."""
+                   atol: float = 1e-6, rtol: float = 1e-3, self_condition: bool = False) -> tuple[Tensor, int]:
+    """Noise (B, K, C) -> clean latents (B, K, C) with the given solver and guidance.
+
+    ``self_condition``: ``denoise`` takes a fourth argument, the previous x-prediction for the same batch
+    rows (zeros at the first evaluation), as the model saw it in training.
+    """
+    previous: dict[int, Tensor] = {}  # keyed by batch size: guidance doubles the batch inside its interval
+
+    def predict(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
+        if not self_condition:
+            return denoise(x, t, c)
+        out = denoise(x, t, c, previous.get(x.shape[0], torch.zeros_like(x)))
+        previous[x.shape[0]] = out
+        return out
 
     def velocity(x: Tensor, t: Tensor) -> Tensor:
-        x1_hat = guided_prediction(denoise, x, t, cond, null, cfg, tuple(cfg_interval))
+        x1_hat = guided_prediction(predict, x, t, cond, null, cfg, tuple(cfg_interval))
         return x_to_velocity(x1_hat, x, t, clamp)
 
     return integrate(velocity, noise, solver, steps, shift, atol, rtol)

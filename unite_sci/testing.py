@@ -91,6 +91,8 @@ class AdapterConformance:
         metrics = adapter.evaluate(loaded, str(tmp_path / "per_sample.csv"))
         assert metrics.get("num_samples") == 3
         assert (tmp_path / "per_sample.csv").exists()
+        quick = adapter.quick_metrics(samples)  # what the trainer logs every train.sample_every steps
+        assert isinstance(quick, dict) and all(isinstance(v, float) for v in quick.values()), quick
 
     def test_reconstruction_path(self) -> None:
         adapter, cfg, batch = self.setup()

@@ -3,6 +3,11 @@
 Exact resume: the data order is a function of (seed, epoch), every step reseeds the RNGs from
 (seed, step, rank), and checkpoints hold model, EMA, optimisers, step and RNG states. A run of N steps
 therefore equals N/2 steps + resume + N/2 steps bit for bit on the CPU.
+
+Sample quality during training: every ``train.sample_every`` steps rank 0 generates ``train.sample_num``
+samples with the EMA weights and logs the adapter's ``quick_metrics`` as a ``sample/*`` row of
+metrics.jsonl (plotted beside the losses in loss.png). The hook leaves weights, modes and every RNG stream
+as it found them, so it changes no trained weight; its wall time counts toward ``train.budget_minutes``.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import math
 import os
 import random
 import time
+import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,10 +27,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from .adapter import Adapter, Batch
+from .adapter import Adapter, Batch, has_quick_metrics
 from .checkpoint import latest_complete, save_checkpoint
 from .config import OptimConfig, RunConfig, to_yaml
 from .errors import UserError
+from .plots import plot_losses
 from .unite import Unite
 
 
@@ -50,6 +58,9 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 9_973 + rank) % (2**63 - 1)
+
+
+SAMPLE_STREAM = 2**31  # the "rank" of the sampling hook's seeds: no process has it, so no stream is shared
 
 
 # ----------------------------------------------------------------------------- data order
@@ -200,6 +211,10 @@ class Trainer:
                                        if cfg.optim.lr_reference_batch else 1.0)
         self.step, self.elapsed, self.nonfinite, self.skipped, self.phase_start = 0, 0.0, 0, 0, 0
         self.phase = "joint" if t.mode == "single_stage" else "tokenizer"
+        self._sampling = has_quick_metrics(adapter)
+        if t.sample_every and not self._sampling and self.rank == 0:
+            warnings.warn(f"train.sample_every is set, but the {adapter.name!r} adapter has no quick_metrics: "
+                          "no samples are drawn during training", stacklevel=2)
         self._build_optimizers()
 
     # ------------------------------------------------------------------ set-up
@@ -326,6 +341,53 @@ class Trainer:
         out.update(lr=lr, grad_norm=float(norm))
         return out
 
+    # ------------------------------------------------------------------ sample quality
+    def sample_quality(self) -> dict[str, float]:
+        """Generate ``train.sample_num`` samples with the EMA weights; the adapter's ``quick_metrics`` of them,
+        keys prefixed ``sample/``, with ``sample/wall_s`` (seconds the whole hook took). Empty on ranks > 0.
+
+        Training goes on as if nothing happened: the EMA weights are copied in and the raw ones copied back
+        (bit for bit), the model runs in eval mode without gradients, its noise comes from a generator
+        seeded by (train.seed, step) and the global RNG states (torch, CUDA, Python, NumPy) are restored.
+        Only rank 0 samples while the others wait at a barrier, so every rank adds the same wall time to
+        ``elapsed``: sampling time counts toward ``train.budget_minutes``.
+        """
+        from .engine import generate  # engine imports this module
+
+        t, t0, out = self.cfg.train, time.time(), {}
+        if self.rank == 0:
+            s = self.cfg.sample
+            scfg = replace(s, num=t.sample_num, batch_size=min(s.batch_size, t.sample_num),
+                           steps=t.sample_steps or s.steps, seed=step_seed(t.seed, self.step, SAMPLE_STREAM))
+            saved, was_training = rng_state(), self.model.training
+            params = dict(self.model.named_parameters())
+            raw = {k: p.detach().clone() for k, p in params.items()}
+            cuda = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda), torch.no_grad():
+                try:
+                    for k, p in params.items():
+                        p.copy_(self.ema.shadow[k])
+                    samples, _ = generate(self.model.eval(), self.adapter, scfg, progress=False)
+                finally:
+                    for k, p in params.items():
+                        p.copy_(raw[k])
+                    self.model.train(was_training)
+                metrics = self.adapter.quick_metrics(samples)
+            set_rng_state(saved)
+            out = {f"sample/{k}": round(float(v), 4) for k, v in metrics.items()}
+        if self.world > 1:
+            dist.barrier()
+        wall = time.time() - t0
+        self.elapsed += wall
+        return {**out, "sample/wall_s": round(wall, 2)} if out else {}
+
+    def _sample_due(self) -> bool:
+        """Every ``sample_every`` steps, and at the last step of a run longer than that (a short smoke run
+        draws none); not while a two-stage run trains its tokenizer (its denoiser is still untrained)."""
+        t = self.cfg.train
+        return bool(t.sample_every and self._sampling and self.phase != "tokenizer"
+                    and (self.step % t.sample_every == 0 or (self._done() and self.step > t.sample_every)))
+
     # ------------------------------------------------------------------ run
     def fit(self, resume: bool = False, stop_at: int | None = None) -> dict[str, Any]:
         """Train until max_steps / budget. ``stop_at`` halts early without a final checkpoint,
@@ -377,6 +439,13 @@ class Trainer:
                     if log:
                         log.write(json.dumps(row) + "\n")
                         log.flush()
+                if self._sample_due():
+                    quality = self.sample_quality()
+                    window_t = time.time()  # samples_per_s stays a training rate
+                    if log and quality:
+                        row = {"step": self.step, "phase": self.phase, "elapsed_s": round(self.elapsed, 2), **quality}
+                        log.write(json.dumps(row) + "\n")
+                        log.flush()
                 due = (self.step - last_ckpt_step >= t.ckpt_every
                        or time.time() - last_ckpt_time >= 60 * t.ckpt_every_minutes)
                 if due and not self._done():
@@ -422,28 +491,3 @@ def _first_diff(a: list[str], b: list[str]) -> str:
         if x != y:
             return f"saved {x}, now {y.split('=', 1)[1]}"
     return "different keys"
-
-
-def plot_losses(metrics: Path, out_png: Path) -> None:
-    """Loss curves (total, reconstruction, flow) against step, on a log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(ln) for ln in Path(metrics).read_text().splitlines() if ln.strip()]
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("loss", "rec", "flow"):
-        pts = [(r["step"], r[key]) for r in rows if key in r and r[key] > 0]
-        if pts:
-            ax.plot(*zip(*pts), label=key)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)

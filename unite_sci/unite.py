@@ -53,7 +53,8 @@ class Unite(nn.Module):
         def make_ge() -> GenerativeEncoder:
             return GenerativeEncoder(adapter.layout, m.latent_dim, a.width, a.depth, a.heads,
                                      adapter.num_classes, m.mlp_ratio, m.time_freqs, m.rope_theta,
-                                     m.in_context_tokens, m.in_context_start, cfg.flow.tokenize_t_max)
+                                     m.in_context_tokens, m.in_context_start, cfg.flow.tokenize_t_max,
+                                     self_condition=cfg.flow.self_condition > 0)
 
         self.encoder = make_ge()
         # shared weights: the same module object, so exactly one parameter set
@@ -127,9 +128,25 @@ class Unite(nn.Module):
         for _ in range(f.flow_batches):
             t = logit_normal_time(self._rand("randn", (x1.shape[0],), x1.device), f.logit_mean, f.logit_std, f.shift)
             x_t = interpolate(x1, self._rand_latents(x1.shape[0], mask, x1.device), t)
-            x1_hat = self.denoiser.denoise(x_t, t, self.drop_labels(cond), mask)  # (B, K, C)
+            y = self.drop_labels(cond)
+            x1_hat = self.denoiser.denoise(x_t, t, y, mask, self.self_condition(x_t, t, y, mask))  # (B, K, C)
             losses.append(flow_loss(x1_hat, x1, t, f.clamp, reg_mask))
         return losses
+
+    def self_condition(self, x_t: Tensor, t: Tensor, y: Tensor, mask: Tensor | None) -> Tensor | None:
+        """The self-conditioning input of one flow pass (Chen et al. 2022, as ADiT): with probability
+        ``flow.self_condition`` (one coin for the whole global batch, drawn alike on every rank) the
+        detached x-prediction of a first, gradient-free pass; zeros otherwise. None when switched off.
+        """
+        p = self.cfg.flow.self_condition
+        if p <= 0:
+            return None
+        zeros = torch.zeros_like(x_t)
+        coin = torch.rand((), device=x_t.device)  # always drawn: the RNG stream does not depend on it
+        if not self.training or bool(coin >= p):
+            return zeros
+        with torch.no_grad():
+            return self.denoiser.denoise(x_t, t, y, mask, zeros).detach()  # (B, K, C)
 
     # ------------------------------------------------------------------ one step
     def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:

@@ -330,6 +330,15 @@ class CrystalAdapter(AdapterBase):
                                                if train is not None else "off")})
         return res
 
+    def quick_metrics(self, samples: list) -> dict[str, float]:
+        """Compositional and structural validity (percent), in this process; no StructureMatcher work."""
+        from .metrics import validity
+
+        v = validity(samples, 1, self.cfg.time_limit_s, self.cfg.oxidation_states, progress=False)
+        n, p = max(len(samples), 1), self.protocol
+        return {f"{p}/comp_valid_pct": 100.0 * float(v.comp.sum()) / n,
+                f"{p}/struct_valid_pct": 100.0 * float(v.struct.sum()) / n}
+
     def evaluate_reconstruction(self, inputs: list, recons: list) -> dict[str, Any]:
         from .metrics import reconstruction_metrics
 

@@ -173,10 +173,11 @@ def canonical_order(z: np.ndarray, pos: np.ndarray) -> np.ndarray:
     the centroid, then by summed distance to all atoms.
 
     OpenBabel's bond-order perception depends on the order the atoms arrive in (for some aromatic
-    heterocycles one order kekulises and another leaves a carbon radical), so the metrics hand atoms to
-    OpenBabel in this order and then do not depend on the input order, rotation or translation. Keys are
-    rounded to 1e-8 A so that symmetry-equivalent atoms tie exactly after a rotation; exact ties only
-    remain between equivalent atoms.
+    heterocycles one order kekulises and another leaves a carbon radical). The peers' protocols hand
+    OpenBabel the atoms in the order given, and so do the ``adit/*`` metrics; the ``canonical/*`` metrics
+    and the reconstruction match use this order instead, so that they do not depend on the input order,
+    rotation or translation. Keys are rounded to 1e-8 A so that symmetry-equivalent atoms tie exactly
+    after a rotation; exact ties only remain between equivalent atoms.
     """
     pos = np.asarray(pos, dtype=np.float64)
     r = np.sqrt(((pos - pos.mean(0)) ** 2).sum(1))

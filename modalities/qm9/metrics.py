@@ -1,30 +1,23 @@
-"""QM9 metrics: generation (ADiT and EDM protocols, connected validity) and reconstruction.
+"""QM9 metrics over many molecules: generation (ADiT and EDM protocols, connected validity) and reconstruction.
 
-Molecules are ``(z, pos)``: atomic numbers (n,) and coordinates (n, 3) in Angstrom, explicit hydrogens.
+Molecules are ``(z, pos)``: atomic numbers (n,) and coordinates (n, 3) in Angstrom, explicit hydrogens, in
+the order the model emitted them. The verdicts on one molecule, and exactly what of each peer's code they
+follow, are in :mod:`.protocols`; this module runs them over worker processes and sums them up (SPEC 6).
 
-Protocols (SPEC section 6), each followed as its authors' code does it:
-
-* ``adit/*`` -- ADiT's ``MoleculeGenerationEvaluator``: OpenBabel perceives bonds, the molecule goes through
-  a PDB block to RDKit (``MolFromPDBBlock``: proximity bonding, sanitisation, hydrogens removed); valid if
-  that succeeds; SMILES (isomeric, canonical) of the largest fragment; uniqueness = unique / valid;
-  novelty = unique SMILES not in the training set / valid (ADiT divides by valid, not by unique; the
-  EDM-style fraction of unique is ``adit/novelty_of_unique``). Removing the hydrogens before
-  sanitising forgives an atom one hydrogen too many (a carbon with five neighbours passes), so
-  ``adit/validity_with_h`` adds the stricter test with hydrogens kept; it is not part of ADiT.
-* ``edm/*`` -- EDM's ``check_stability`` and ``BasicMolecularMetrics``: bond orders from the distance
-  tables (see :mod:`.bonds`); atom stability = summed orders equal an allowed valence, over all atoms;
-  molecule stability = every atom stable; validity = the graph with explicit hydrogens sanitises in RDKit.
-* ``connected_validity`` -- valid under ADiT and a single fragment: both peers' validity judges only the
-  largest fragment, so a molecule shattered into pieces still counts as valid (SPEC 6).
-
-Deviations from the peers, for inputs the peers never meet: a molecule with no atoms, one atom or more
-than 2,000, a non-finite coordinate, an atomic number outside 1..118, a coordinate beyond the PDB
-format's columns or two atoms closer than ``min_distance`` (0.1 A) is invalid and unstable under every
-protocol, with its reason. When several fragments tie for largest, the one with the smallest SMILES is
-taken (the peers take the first, which depends on atom order), and OpenBabel receives the atoms in a
-geometry-defined order (:func:`.bonds.canonical_order`), because its bond-order perception depends on
-atom order for a few aromatic heterocycles. Measured on the 13,083 QM9 test molecules (EDM split), every
-validity and stability label equals the peers' own code; 119 SMILES (0.9 %) differ by that order effect.
+* ``adit/*`` -- ADiT's ``MoleculeGenerationEvaluator``, atoms handed to OpenBabel in the given order, the
+  first of the largest fragments: validity; uniqueness = unique SMILES / valid; novelty = unique SMILES
+  not in the training set / valid (ADiT divides by valid, not by unique; the EDM-style fraction of unique
+  is ``adit/novelty_of_unique``); ``adit/validity_with_h`` = the same evaluator with ``removeHs=False``,
+  the setting ADiT's shipped configuration passes.
+* ``edm/*`` -- EDM's ``check_stability`` and ``BasicMolecularMetrics``: atom stability (over all atoms),
+  molecule stability, RDKit validity.
+* ``connected_validity`` -- ADiT-valid (given order) and a single fragment: both peers' validity judges only
+  the largest fragment, so a molecule shattered into pieces still counts as valid (SPEC 6).
+* ``canonical/*`` -- not a peer's: ADiT's route with the atoms in a geometry-defined order and ties between
+  largest fragments broken by the smallest SMILES, so the verdict does not depend on the emitted order.
+* ``too_close_fraction`` -- share of molecules with two atoms closer than ``min_distance`` (0.1 A); they
+  are judged by every protocol as the peers would judge them. ``invalid_input`` -- share refused before
+  any protocol ran because no toolkit can take them (:func:`.protocols.check_input`).
 """
 from __future__ import annotations
 
@@ -33,28 +26,25 @@ import hashlib
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
-from rdkit import Chem
 from tqdm import tqdm
 
 from . import bonds as _bonds
 from .bonds import (
     canonical_order,
-    edm_atom_stable,
-    edm_bond_orders,
     openbabel_bonds,
     openbabel_inchi,
     openbabel_mol,
-    pdb_block,
     quiet_toolkits,
     silence_toolkits,
     symmetric_rmsd,
 )
+from .protocols import MIN_DISTANCE, GenerationRecord, _first_line, adit_verdict, check_input, evaluate_molecule
 
 __all__ = [
     "GenerationRecord",
@@ -66,149 +56,7 @@ __all__ = [
     "provenance",
 ]
 
-MIN_DISTANCE = 0.1  # Angstrom; closer pairs are "atoms on top of each other" (real QM9 minimum: 0.96 A)
-MAX_ATOMS = 2000  # the pairwise (n, n) arrays stay below ~100 MB; QM9 has at most 29 atoms
-PDB_LIMIT = 999.0  # Angstrom; PDB's %8.3f columns overflow past -999.999 after OpenBabel centres the atoms
-_BOND_TYPES = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
 _T = TypeVar("_T")
-
-
-# ------------------------------------------------------------------------------------------ one molecule
-
-
-@dataclass
-class GenerationRecord:
-    """Per-sample result; one row of the per-sample CSV."""
-
-    index: int
-    n_atoms: int
-    rejected: bool  # failed check_input: no protocol ran
-    valid: bool  # ADiT validity
-    valid_with_h: bool  # also sanitises with its hydrogens kept
-    reason: str  # why it is invalid under ADiT ('' when valid)
-    smiles: str  # ADiT SMILES of the largest fragment ('' when invalid)
-    stable: bool  # EDM molecule stability
-    connected: bool  # ADiT-valid and one fragment
-    edm_valid: bool
-    stable_atoms: int  # EDM-stable atoms
-    unstable: str  # EDM-unstable atoms as "element index:valence", ';'-separated
-
-
-def check_input(z: object, pos: object, min_distance: float = MIN_DISTANCE) -> tuple[np.ndarray, np.ndarray, str]:
-    """Validate one molecule before any toolkit sees it.
-
-    Returns ``(z int64 (n,), pos float64 (n, 3), reason)``; ``reason`` is '' when the molecule can be
-    evaluated, else a short explanation (the arrays are then best-effort and must not be used).
-    """
-    try:
-        # torch tensors (also on a GPU) without importing torch here
-        z, pos = (x.detach().cpu().numpy() if hasattr(x, "detach") else x for x in (z, pos))
-        z_arr = np.asarray(z, dtype=np.float64).reshape(-1)
-        p_arr = np.asarray(pos, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        return np.zeros(0, np.int64), np.zeros((0, 3)), f"unreadable input ({e})"
-    n = len(z_arr)
-    if p_arr.size != 3 * n or (p_arr.ndim != 2 and n > 0):
-        return np.zeros(0, np.int64), np.zeros((0, 3)), f"shape mismatch: z {z_arr.shape}, pos {p_arr.shape}"
-    p_arr = p_arr.reshape(n, 3)
-    bad_z = ~np.isfinite(z_arr) | (z_arr != np.round(z_arr)) | (z_arr < 1) | (z_arr > 118)
-    z_int = np.where(bad_z, 0, z_arr).astype(np.int64)
-    if n == 0:
-        return z_int, p_arr, "no atoms"
-    if bad_z.any():
-        return z_int, p_arr, f"unknown atomic number {z_arr[bad_z][0]:g}"
-    if not np.isfinite(p_arr).all():
-        return z_int, p_arr, "non-finite coordinates"
-    if n == 1:
-        return z_int, p_arr, "single atom"
-    if n > MAX_ATOMS:
-        return z_int, p_arr, f"{n} atoms, more than {MAX_ATOMS}"
-    if np.abs(p_arr - p_arr.mean(0)).max() > PDB_LIMIT:
-        return z_int, p_arr, f"coordinates spread beyond {PDB_LIMIT:g} A"
-    d2 = ((p_arr[:, None] - p_arr[None]) ** 2).sum(-1) + np.diag(np.full(n, np.inf))
-    if d2.min() < min_distance**2:
-        i, j = np.unravel_index(np.argmin(d2), d2.shape)
-        return z_int, p_arr, f"atoms {min(i, j)} and {max(i, j)} closer than {min_distance:g} A"
-    return z_int, p_arr, ""
-
-
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[-1].strip() if lines else type(e).__name__
-
-
-def _largest_fragment_smiles(mol: Chem.Mol) -> tuple[str, int]:
-    """(SMILES of the largest fragment, number of fragments); ties broken by the smallest SMILES."""
-    frags = Chem.GetMolFrags(mol, asMols=True)  # sanitises each fragment, as ADiT's call does
-    if not frags:
-        return Chem.MolToSmiles(mol, isomericSmiles=True), 0
-    biggest = max(f.GetNumAtoms() for f in frags)
-    smiles = sorted(Chem.MolToSmiles(f, isomericSmiles=True) for f in frags if f.GetNumAtoms() == biggest)
-    return smiles[0], len(frags)
-
-
-def _adit(z: np.ndarray, pos: np.ndarray) -> tuple[bool, str, str, bool, bool]:
-    """ADiT route: (valid, reason, largest-fragment SMILES, single fragment, valid with hydrogens kept)."""
-    k = canonical_order(z, pos)
-    try:
-        block = pdb_block(openbabel_mol(z[k], pos[k]))
-    except Exception as e:  # OpenBabel raising on odd input must not end a 10,000-sample evaluation
-        return False, f"OpenBabel failed: {_first_line(e)}", "", False, False
-    # ADiT: Chem.MolFromPDBFile(path, removeHs=True), i.e. proximity bonding + sanitisation, then the
-    # hydrogens are removed (which also forgives a hydrogen too many on an atom).
-    mol = Chem.MolFromPDBBlock(block, removeHs=True)
-    if mol is None:
-        raw = Chem.MolFromPDBBlock(block, sanitize=False, removeHs=False)
-        if raw is None:
-            return False, "RDKit could not read the PDB block", "", False, False
-        try:  # repeat the failing step to learn why; MolFromPDBBlock only logs it
-            Chem.RemoveHs(raw, sanitize=True)
-            return False, "RDKit rejected the PDB block", "", False, False
-        except Exception as e:
-            return False, f"RDKit sanitisation: {_first_line(e)}", "", False, False
-    try:
-        smiles, n_frags = _largest_fragment_smiles(mol)
-    except Exception as e:
-        return False, f"RDKit SMILES failed: {_first_line(e)}", "", False, False
-    # Not part of ADiT: sanitising before the hydrogens go rejects e.g. a carbon with five neighbours.
-    with_h = Chem.MolFromPDBBlock(block, removeHs=False) is not None
-    return True, "", smiles, n_frags == 1, with_h
-
-
-def _edm(z: np.ndarray, pos: np.ndarray) -> tuple[bool, int, str, bool]:
-    """EDM route: (molecule stable, number of stable atoms, unstable atoms, RDKit-valid)."""
-    orders = edm_bond_orders(z, pos)
-    stable = edm_atom_stable(z, orders)
-    valence = orders.sum(1)
-    unstable = ";".join(
-        f"{Chem.GetPeriodicTable().GetElementSymbol(int(z[i]))}{i}:{valence[i]}" for i in np.flatnonzero(~stable)
-    )
-    mol = Chem.RWMol()
-    for zz in z.tolist():
-        mol.AddAtom(Chem.Atom(int(zz)))
-    for i, j in zip(*np.nonzero(np.triu(orders))):
-        mol.AddBond(int(i), int(j), _BOND_TYPES[int(orders[i, j])])
-    try:
-        Chem.SanitizeMol(mol)  # EDM's mol2smiles: valid when sanitisation succeeds
-        valid = True
-    except Exception:
-        valid = False
-    return bool(stable.all()), int(stable.sum()), unstable, valid
-
-
-def evaluate_molecule(
-    z: object, pos: object, index: int = 0, min_distance: float = MIN_DISTANCE
-) -> GenerationRecord:
-    """All generation metrics of one molecule (never raises on bad input; see the module docstring)."""
-    z_arr, p_arr, reason = check_input(z, pos, min_distance)
-    n = len(z_arr)
-    if reason:
-        return GenerationRecord(index, n, True, False, False, reason, "", False, False, False, 0, "")
-    valid, reason, smiles, single, with_h = _adit(z_arr, p_arr)
-    stable, n_stable, unstable, edm_valid = _edm(z_arr, p_arr)
-    return GenerationRecord(
-        index, n, False, valid, with_h, reason, smiles, stable, valid and single, edm_valid, n_stable, unstable
-    )
 
 
 # ------------------------------------------------------------------------------------------ many molecules
@@ -283,16 +131,19 @@ def evaluate_generation(
         per_sample_csv: where to write one row per sample (:class:`GenerationRecord` fields).
         workers: processes (default: the CPUs this process may use; 1 = in this process).
         progress: show a tqdm bar.
-        min_distance: pairs closer than this (Angstrom) make a molecule invalid.
+        min_distance: a molecule with a pair closer than this (Angstrom) counts in ``too_close_fraction``;
+            no verdict depends on it.
         start_method: multiprocessing start method for the pool (default: fork where available, else
             spawn, which needs the caller's script to guard its entry point with ``if __name__``).
 
     Returns:
         ``num_samples``, ``adit/validity``, ``adit/uniqueness``, ``adit/novelty`` and
-        ``adit/novelty_of_unique`` (only with ``train_smiles``), ``adit/validity_with_h`` (not ADiT's:
-        RDKit also sanitises the molecule before removing its hydrogens), ``edm/atom_stability``,
-        ``edm/molecule_stability``, ``edm/validity``, ``connected_validity``, ``invalid_input`` (share
-        rejected by :func:`check_input` before any protocol ran).
+        ``adit/novelty_of_unique`` (only with ``train_smiles``), ``adit/validity_with_h`` (ADiT's evaluator
+        with ``removeHs=False``, as its shipped configuration runs it), ``edm/atom_stability``,
+        ``edm/molecule_stability``, ``edm/validity``, ``connected_validity``, ``canonical/validity``,
+        ``canonical/connected_validity``, ``canonical/uniqueness`` (ADiT's route in an order-invariant atom
+        order, not a peer's), ``too_close_fraction`` (molecules with a pair closer than ``min_distance``),
+        ``invalid_input`` (refused by :func:`check_input` before any protocol ran).
     """
     if len(z_list) != len(pos_list):
         raise ValueError(f"{len(z_list)} atom-type arrays but {len(pos_list)} coordinate arrays")
@@ -303,6 +154,7 @@ def evaluate_generation(
     n = len(records)
     valid = [r.smiles for r in records if r.valid]
     unique = set(valid)
+    canonical = [r.canonical_smiles for r in records if r.canonical_valid]
     n_atoms = sum(r.n_atoms for r in records)
     out = {
         "num_samples": float(n),
@@ -313,6 +165,10 @@ def evaluate_generation(
         "edm/molecule_stability": _pct(sum(r.stable for r in records), n),
         "edm/validity": _pct(sum(r.edm_valid for r in records), n),
         "connected_validity": _pct(sum(r.connected for r in records), n),
+        "canonical/validity": _pct(len(canonical), n),
+        "canonical/connected_validity": _pct(sum(r.canonical_connected for r in records), n),
+        "canonical/uniqueness": _pct(len(set(canonical)), len(canonical)),
+        "too_close_fraction": _pct(sum(r.too_close for r in records), n),
         "invalid_input": _pct(sum(r.rejected for r in records), n),
     }
     if train_smiles is not None:
@@ -323,9 +179,9 @@ def evaluate_generation(
 
 
 def _adit_smiles(z: object, pos: object) -> str:
-    """ADiT SMILES of one molecule, '' when it is invalid."""
+    """ADiT SMILES of one molecule (atoms in the given order), '' when it is invalid."""
     z_arr, p_arr, reason = check_input(z, pos)
-    return "" if reason else _adit(z_arr, p_arr)[2]
+    return "" if reason else adit_verdict(z_arr, p_arr).smiles
 
 
 def training_smiles(
@@ -439,13 +295,16 @@ def provenance() -> dict[str, str]:
     from openbabel import openbabel
 
     return {
-        "protocol/adit": "ADiT: OpenBabel ConnectTheDots+PerceiveBondOrders -> PDB -> RDKit MolFromPDBBlock "
-        "(removeHs, sanitize); largest-fragment isomeric SMILES; novelty = novel unique / valid",
-        "protocol/edm": "EDM: bond_analyze tables, margins 10/5/3 pm; stability = allowed valence; "
-        "validity = RDKit sanitisation with explicit H",
-        "protocol/connected_validity": "ADiT-valid and a single fragment",
+        "protocol/adit": "ADiT: atoms in the given order -> OpenBabel ConnectTheDots+PerceiveBondOrders -> PDB "
+        "-> RDKit MolFromPDBBlock (removeHs, sanitize); isomeric SMILES of the first largest fragment; "
+        "novelty = novel unique / valid; validity_with_h: removeHs=False (ADiT's shipped config)",
+        "protocol/edm": "EDM: bond_analyze tables for every pair, margins 10/5/3 pm; stability = allowed "
+        "valence; validity = RDKit sanitisation with explicit H",
+        "protocol/connected_validity": "ADiT-valid (given order) and a single fragment",
+        "protocol/canonical": "ADiT's route with atoms in bonds.canonical_order, largest-fragment ties to the "
+        "smallest SMILES (order-invariant; not a peer's protocol)",
         "protocol/reconstruction": "same OpenBabel InChI (DoNotAddH) and finite symmetry-aware Kabsch RMSD",
-        "min_distance_A": f"{MIN_DISTANCE:g}",
+        "too_close_below_A": f"{MIN_DISTANCE:g}",
         "version/rdkit": rdkit.__version__,
         "version/openbabel": openbabel.OBReleaseVersion(),
     }

@@ -1,0 +1,262 @@
+"""Recipe studies: candidates against the default at equal wall time, several seeds, mean and range.
+
+    unite-sci benchmark qm9-ablation --budget-minutes 10 --num-samples 1000 [seeds=0,1] [jobs=2]
+                                     [candidates=base,selfcond,...] [recon=200]
+    unite-sci benchmark qm9-scaling  --budget-minutes 10,30,120 [seeds=0,1] [jobs=2]
+
+A *candidate* is a named list of config overrides (a training recipe) or, with ``from``, sampler settings
+applied to another candidate's checkpoints (no training of its own). Every (candidate, seed) pair is one
+job with its own folder ``<out>/<candidate>_s<seed>/``: the training run, then ``eval/`` with the samples,
+per-sample CSV and ``results.json``. Finished jobs are kept: rerunning the command with more seeds or
+candidates trains only what is missing. ``jobs=2`` runs two jobs at once with one thread each (``threads=`` sets it) (on two
+cores the total throughput is about that of one two-thread job); the report says which was used, since
+a one-thread minute is not a two-thread minute.
+
+A difference between two candidates smaller than the seed-to-seed range is no result: the table shows
+the range of every number beside its mean.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from unite_sci.checkpoint import load_checkpoint
+from unite_sci.engine import provenance
+from unite_sci.errors import UserError
+from unite_sci.protocol import fmt, run_protocol, write_report
+
+# Each: (overrides, what it tests). "from:<name>" as first override = sampler settings on <name>'s checkpoints.
+CANDIDATES: dict[str, tuple[list[str], str]] = {
+    "base": ([], "configs/qm9.yaml as it stands"),
+    "shift1": (["flow.shift=1.0"], "no time shift (a = 1) in training and sampling"),
+    "shift2": (["flow.shift=2.0"], "time shifted toward the data end (a = 2)"),
+    "selfcond": (["flow.self_condition=0.5"], "self-conditioning on the previous x-prediction, p = 0.5 (ADiT)"),
+    "latent8": (["model.latent_dim=8"], "latent width 8 per atom instead of 16"),
+    "dist": (["data.distance_weight=10.0"], "pairwise-distance term (pairs < 2 A) in the reconstruction loss"),
+    "frame": (["data.canonical_frame=true", "data.random_rotation=false"],
+              "principal-axes frame for every molecule instead of random rotations"),
+    "decnoise": (["decoder_noise.prob=0.9", "decoder_noise.t_min=0.5"],
+                 "stronger decoder-side latent noise: p 0.9, t ~ U[0.5, 1] (default p 0.5, U[0.7, 1])"),
+    "compile": (["train.compile=true"], "torch.compile of the training step (compile time counts)"),
+    "ema999": (["optim.ema_decay=0.999"], "EMA decay 0.999 instead of 0.9978"),
+    "lr2e-3": (["optim.lr=0.002"], "learning rate 2e-3 instead of 1e-3"),
+    "bf16": (["train.precision=bf16"], "bf16 autocast"),
+    "base+heun50": (["from:base", "sample.steps=50"], "base checkpoints, Heun 50 steps instead of 25"),
+    "base+shift1": (["from:base", "sample.shift=1.0"], "base checkpoints, sampler grid without time shift"),
+    "base+raw": (["from:base", "sample.use_ema=false"], "base checkpoints, raw weights instead of EMA"),
+}
+METRICS = ["connected_validity", "edm/atom_stability", "edm/molecule_stability", "adit/validity",
+           "edm/validity", "match", "rmsd", "train_steps"]
+
+
+def _opts(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Study options (keys without a dot) and config overrides (dotted keys)."""
+    opts = dict(o.split("=", 1) for o in overrides if "." not in o.split("=", 1)[0])
+    known = {"seeds", "jobs", "threads", "candidates", "recon"}
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise UserError(f"unknown study option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    return opts, [o for o in overrides if "." in o.split("=", 1)[0]]
+
+
+def _source(ov: list[str]) -> str | None:
+    """The candidate whose checkpoints a sampler-only candidate uses ("from:<name>"), else None."""
+    return ov[0][5:] if ov and ov[0].startswith("from:") else None
+
+
+def _trained(run: Path, budget_minutes: float) -> bool:
+    """A finished training run: its newest checkpoint has used the whole budget."""
+    last = run / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return False
+    return float(load_checkpoint(last)["elapsed"]) >= 60 * budget_minutes - 1.0
+
+
+def run_job(modality: str, run: Path, budget_minutes: float, num: int, recon: int, overrides: list[str],
+            source: Path | None) -> dict[str, Any]:
+    """Train (unless done) and evaluate one candidate at one seed; returns its results.json content."""
+    sample_ov = [o for o in overrides if o.startswith(("sample.", "data."))]
+    if source is None and not _trained(run, budget_minutes):
+        from unite_sci.engine import load_config, train
+
+        cfg = load_config(modality, overrides=overrides + [f"out={run}", f"train.budget_minutes={budget_minutes}",
+                                                            "train.max_steps=0", "train.progress=false"])
+        train(cfg, resume=(run / "checkpoints" / "last.pt").is_file())
+    ckpt = (source or run) / "checkpoints" / "last.pt"
+    return run_protocol(modality, run / "eval", None, num, str(ckpt), sample_ov, recon)
+
+
+def _row(res: dict[str, Any]) -> dict[str, float]:
+    rec = res.get("reconstruction", {})
+    g = res["generation"]
+    return {**{k: g.get(k) for k in METRICS[:5]}, "match": rec.get("reconstruction/match_rate"),
+            "rmsd": rec.get("reconstruction/rmsd"), "train_steps": res.get("train_steps")}
+
+
+def _summary(rows: list[dict[str, float]]) -> dict[str, str]:
+    out = {}
+    for k in METRICS:
+        vals = [r[k] for r in rows if isinstance(r.get(k), (int, float))]
+        if not vals:
+            out[k] = "–"
+        elif len(vals) == 1:
+            out[k] = fmt(float(vals[0]))
+        else:
+            out[k] = f"{fmt(sum(vals) / len(vals))} [{fmt(float(min(vals)))}–{fmt(float(max(vals)))}]"
+    return out
+
+
+def _launch(modality: str, job: dict[str, Any], threads: int) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE")
+    return subprocess.Popen([sys.executable, "-m", "unite_sci_benchmarks.study", modality, json.dumps(job)], env=env)
+
+
+def study(modality: str, name: str, candidates: dict[str, tuple[list[str], str]], out: str,
+          budgets: list[float], num: int, overrides: list[str],
+          extra: list[tuple[str, str]] = ()) -> Path:
+    """Run the missing jobs (``jobs`` at a time), then write the table of every candidate.
+
+    ``extra``: more report sections (title, markdown) after the settings, e.g. real-data and published rows.
+    """
+    opts, config = _opts(overrides)
+    seeds = [int(s) for s in opts.get("seeds", "0").split(",")]
+    names = opts.get("candidates", ",".join(candidates)).split(",")
+    bad = [n for n in names if n not in candidates]
+    if bad:
+        raise UserError(f"unknown candidate {bad[0]!r}; known: {', '.join(candidates)}")
+    jobs_at_once = int(opts.get("jobs", "1"))
+    threads = int(opts.get("threads", max(1, (os.cpu_count() or 1) // jobs_at_once)))
+    recon = int(opts.get("recon", "200"))
+    out_p = Path(out)
+    todo, results = [], {}
+    # training candidates first: sampler-only candidates need their checkpoints
+    for minutes in budgets:
+        for cand in sorted(names, key=lambda n: _source(candidates[n][0]) is not None):
+            ov = candidates[cand][0]
+            src = _source(ov)
+            for seed in seeds:
+                tag = f"{cand}_s{seed}" + (f"_{minutes:g}min" if len(budgets) > 1 else "")
+                run = out_p / tag
+                source = None if src is None else str(out_p / tag.replace(cand, src, 1))
+                todo.append({"tag": tag, "run": str(run), "budget": minutes, "num": num, "recon": recon,
+                             "source": source, "threads": threads,
+                             "overrides": config + [o for o in ov if not o.startswith("from:")] +
+                             [f"train.seed={seed}", f"train.threads={threads}"]})
+    pending = [j for j in todo if not (Path(j["run"]) / "eval" / "results.json").is_file()]
+    running: list[tuple[dict, subprocess.Popen]] = []
+    while pending or running:
+        ready = [j for j in pending if j["source"] is None or _trained(Path(j["source"]), j["budget"])]
+        while ready and len(running) < jobs_at_once:
+            job = ready.pop(0)
+            pending.remove(job)
+            print(f"[{name}] start {job['tag']}", flush=True)
+            running.append((job, _launch(modality, job, threads)))
+        if not running and pending:
+            raise UserError(f"{pending[0]['tag']}: its source run {pending[0]['source']} never finished training")
+        time.sleep(2)
+        for job, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((job, proc))
+                print(f"[{name}] {job['tag']} finished (rc {proc.returncode})", flush=True)
+    rows = []
+    for minutes in budgets:
+        for cand in names:
+            per_seed = []
+            for seed in seeds:
+                tag = f"{cand}_s{seed}" + (f"_{minutes:g}min" if len(budgets) > 1 else "")
+                path = out_p / tag / "eval" / "results.json"
+                if path.is_file():
+                    res = json.loads(path.read_text())
+                    results[tag] = _row(res)
+                    per_seed.append(results[tag])
+            rows.append({"candidate": cand, "minutes": minutes, "seeds": len(per_seed),
+                         **_summary(per_seed), "what": candidates[cand][1]})
+    cols = ["candidate", "minutes", "seeds", *METRICS, "what"]
+    table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" + "".join(
+        "| " + " | ".join(str(r[c]) for c in cols) + " |\n" for r in rows)
+    settings = (f"- {len(seeds)} seed(s) {seeds}; {num} samples per job; reconstruction on {recon} test items\n"
+                f"- {jobs_at_once} job(s) at a time with {threads} thread(s) each; budget = wall minutes of "
+                f"training per job (sampling and evaluation not counted)\n"
+                f"- Numbers: mean [min–max] over seeds, percent; rmsd in the modality's length unit\n"
+                f"- Config overrides for every job: {config or 'none'}")
+    data = {"rows": rows, "per_job": results, "candidates": {n: candidates[n] for n in names}, **provenance()}
+    print(table)
+    return write_report(out, f"unite-sci benchmark: {name}", [("Results", table), ("Settings", settings),
+                                                             *extra, ("About", __doc__)], data)
+
+
+def qm9_ablation(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
+                 checkpoint: str | None = None, overrides: list[str] = ()) -> Path:
+    if checkpoint:
+        raise UserError("qm9-ablation trains its own candidates; it takes no --checkpoint")
+    return study("qm9", "qm9-ablation", CANDIDATES, out, [budget_minutes or 10.0], num_samples or 1000,
+                 list(overrides))
+
+
+SCALING: dict[str, tuple[list[str], str]] = {
+    "unite": ([], "UNITE single-stage (configs/qm9.yaml)"),
+    "two_stage": (["train.mode=two_stage", "model.shared_weights=false"],
+                  "two-stage baseline: tokenizer for half the budget, then a denoiser on its frozen latents"),
+}
+
+
+def qm9_scaling(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
+                checkpoint: str | None = None, overrides: list[str] = ()) -> Path:
+    """UNITE against two-stage at several budgets (option ``minutes=10,30,120``), table and curve."""
+    if checkpoint:
+        raise UserError("qm9-scaling trains its own runs; it takes no --checkpoint")
+    rest = [o for o in overrides if not o.startswith("minutes=")]
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("minutes=")]
+    budgets = [float(m) for m in (given[-1].split(",") if given else [str(budget_minutes or 10), "30", "120"])]
+    report = study("qm9", "qm9-scaling", SCALING, out, budgets, num_samples or 1000, rest)
+    plot_scaling(Path(out) / "report.json", Path(out) / "scaling.png")
+    return report
+
+
+def plot_scaling(report_json: Path, out_png: Path) -> None:
+    """Metric against training minutes, one line per method, error bars spanning the seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(report_json.read_text())
+    keys = ["connected_validity", "edm/atom_stability", "edm/molecule_stability"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
+    for ax, key in zip(axes, keys):
+        for method in sorted({r["candidate"] for r in data["rows"]}):
+            pts = []
+            for tag, row in data["per_job"].items():
+                if tag.startswith(method + "_s") and isinstance(row.get(key), (int, float)):
+                    pts.append((float(tag.rsplit("_", 1)[1][:-3]), row[key]))
+            if pts:
+                xs = sorted({x for x, _ in pts})
+                ys = [[y for x, y in pts if x == m] for m in xs]
+                mean = [sum(v) / len(v) for v in ys]
+                err = [[m - min(v) for m, v in zip(mean, ys)], [max(v) - m for m, v in zip(mean, ys)]]
+                ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("training wall minutes")
+        ax.set_title(key + " (%)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def _job_main(modality: str, job_json: str) -> None:
+    import torch
+
+    job = json.loads(job_json)
+    torch.set_num_threads(job["threads"])
+    run_job(modality, Path(job["run"]), job["budget"], job["num"], job["recon"], job["overrides"],
+            Path(job["source"]) if job["source"] else None)
+
+
+if __name__ == "__main__":
+    _job_main(sys.argv[1], sys.argv[2])
