@@ -2,15 +2,16 @@
 
     unite-sci benchmark qm9-ablation --budget-minutes 10 --num-samples 1000 [seeds=0,1] [jobs=2]
                                      [candidates=base,selfcond,...] [recon=200]
-    unite-sci benchmark qm9-scaling  --budget-minutes 10,30,120 [seeds=0,1] [jobs=2]
+    unite-sci benchmark qm9-scaling  minutes=10,30,120 [seeds=0,1] [jobs=2]
 
 A *candidate* is a named list of config overrides (a training recipe) or, with ``from``, sampler settings
 applied to another candidate's checkpoints (no training of its own). Every (candidate, seed) pair is one
 job with its own folder ``<out>/<candidate>_s<seed>/``: the training run, then ``eval/`` with the samples,
 per-sample CSV and ``results.json``. Finished jobs are kept: rerunning the command with more seeds or
-candidates trains only what is missing. ``jobs=2`` runs two jobs at once with one thread each (``threads=`` sets it) (on two
-cores the total throughput is about that of one two-thread job); the report says which was used, since
-a one-thread minute is not a two-thread minute.
+candidates trains only what is missing; ``run=false`` writes the table of the finished jobs alone.
+``jobs=2`` runs two jobs at once with one thread each (``threads=`` sets it): the tiny CPU preset gains
+little from a second thread, so two one-thread jobs nearly double the throughput of two cores. The report
+says which was used, since a one-thread minute is not a two-thread minute.
 
 A difference between two candidates smaller than the seed-to-seed range is no result: the table shows
 the range of every number beside its mean.
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from unite_sci.checkpoint import load_checkpoint
 from unite_sci.engine import provenance
@@ -49,6 +50,8 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
     "base+heun50": (["from:base", "sample.steps=50"], "base checkpoints, Heun 50 steps instead of 25"),
     "base+shift1": (["from:base", "sample.shift=1.0"], "base checkpoints, sampler grid without time shift"),
     "base+raw": (["from:base", "sample.use_ema=false"], "base checkpoints, raw weights instead of EMA"),
+    "frame+raw": (["from:frame", "sample.use_ema=false"], "frame checkpoints, raw weights instead of EMA"),
+    "frame+shift1": (["from:frame", "sample.shift=1.0"], "frame checkpoints, sampler grid without time shift"),
 }
 METRICS = ["connected_validity", "edm/atom_stability", "edm/molecule_stability", "adit/validity",
            "edm/validity", "match", "rmsd", "train_steps"]
@@ -57,7 +60,7 @@ METRICS = ["connected_validity", "edm/atom_stability", "edm/molecule_stability",
 def _opts(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
     """Study options (keys without a dot) and config overrides (dotted keys)."""
     opts = dict(o.split("=", 1) for o in overrides if "." not in o.split("=", 1)[0])
-    known = {"seeds", "jobs", "threads", "candidates", "recon"}
+    known = {"seeds", "jobs", "threads", "candidates", "recon", "run"}
     unknown = sorted(set(opts) - known)
     if unknown:
         raise UserError(f"unknown study option {unknown[0]!r}; known: {', '.join(sorted(known))}")
@@ -118,10 +121,10 @@ def _launch(modality: str, job: dict[str, Any], threads: int) -> subprocess.Pope
 
 def study(modality: str, name: str, candidates: dict[str, tuple[list[str], str]], out: str,
           budgets: list[float], num: int, overrides: list[str],
-          extra: list[tuple[str, str]] = ()) -> Path:
+          extra: Callable[[], list[tuple[str, str]]] | None = None) -> Path:
     """Run the missing jobs (``jobs`` at a time), then write the table of every candidate.
 
-    ``extra``: more report sections (title, markdown) after the settings, e.g. real-data and published rows.
+    ``extra``: called after the jobs, more report sections (title, markdown), e.g. real-data rows.
     """
     opts, config = _opts(overrides)
     seeds = [int(s) for s in opts.get("seeds", "0").split(",")]
@@ -148,7 +151,10 @@ def study(modality: str, name: str, candidates: dict[str, tuple[list[str], str]]
                              "overrides": config + [o for o in ov if not o.startswith("from:")] +
                              [f"train.seed={seed}", f"train.threads={threads}"]})
     pending = [j for j in todo if not (Path(j["run"]) / "eval" / "results.json").is_file()]
+    if opts.get("run", "true").lower() == "false":  # only the table of what has finished
+        pending = []
     running: list[tuple[dict, subprocess.Popen]] = []
+    failed: list[str] = []
     while pending or running:
         ready = [j for j in pending if j["source"] is None or _trained(Path(j["source"]), j["budget"])]
         while ready and len(running) < jobs_at_once:
@@ -163,6 +169,12 @@ def study(modality: str, name: str, candidates: dict[str, tuple[list[str], str]]
             if proc.poll() is not None:
                 running.remove((job, proc))
                 print(f"[{name}] {job['tag']} finished (rc {proc.returncode})", flush=True)
+                if proc.returncode != 0:
+                    failed.append(job["tag"])
+                    pending = [j for j in pending if j["source"] != job["run"]]  # they would wait forever
+    if failed:
+        raise UserError(f"study jobs failed: {', '.join(failed)} (their messages are above); finished jobs "
+                        "are kept, rerun the same command after fixing the cause")
     rows = []
     for minutes in budgets:
         for cand in names:
@@ -187,7 +199,8 @@ def study(modality: str, name: str, candidates: dict[str, tuple[list[str], str]]
     data = {"rows": rows, "per_job": results, "candidates": {n: candidates[n] for n in names}, **provenance()}
     print(table)
     return write_report(out, f"unite-sci benchmark: {name}", [("Results", table), ("Settings", settings),
-                                                             *extra, ("About", __doc__)], data)
+                                                             *(extra() if extra else []),
+                                                             ("About", __doc__)], data)
 
 
 def qm9_ablation(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
@@ -254,8 +267,12 @@ def _job_main(modality: str, job_json: str) -> None:
 
     job = json.loads(job_json)
     torch.set_num_threads(job["threads"])
-    run_job(modality, Path(job["run"]), job["budget"], job["num"], job["recon"], job["overrides"],
-            Path(job["source"]) if job["source"] else None)
+    try:
+        run_job(modality, Path(job["run"]), job["budget"], job["num"], job["recon"], job["overrides"],
+                Path(job["source"]) if job["source"] else None)
+    except UserError as e:  # a user mistake is one line, as everywhere else
+        print(f"error: {job['tag']}: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -145,11 +145,13 @@ class QM9Adapter(AdapterBase):
         self._geometry_ref: Geometry | None = None  # the reference training molecules, once measured
 
     # ------------------------------------------------------------------ data
-    def molecules(self, split: str) -> qdata.Molecules:
+    def molecules(self, split: str, frame: bool = True) -> qdata.Molecules:
+        """A split as configured; ``frame=False`` keeps the data set's own orientation (novelty and
+        geometry references are pose-free, so they need not depend on the frame setting)."""
         mols = qdata.load_split(split, self.cfg.data_dir, self.cfg.cache_dir)
         limit = {"train": self.cfg.num_train, "val": self.cfg.num_val, "test": self.cfg.num_test}[split]
         mols = mols.subset(np.arange(min(limit, len(mols)))) if limit else mols
-        if self.cfg.canonical_frame:
+        if frame and self.cfg.canonical_frame:
             mols = qdata.Molecules(mols.z, [principal_axes_frame(z, p) for z, p in zip(mols.z, mols.pos)],
                                    mols.smiles, mols.index)
         return mols
@@ -249,7 +251,7 @@ class QM9Adapter(AdapterBase):
         from . import metrics
 
         if self._train_smiles is None:
-            mols = self.molecules("train")
+            mols = self.molecules("train", frame=False)
             cache = Path(self.cfg.cache_dir or qdata.default_cache_dir()) / f"train_smiles_{len(mols)}.txt"
             self._train_smiles = metrics.training_smiles(mols.z, mols.pos, cache,
                                                          workers=self.cfg.eval_workers or None)
@@ -260,7 +262,7 @@ class QM9Adapter(AdapterBase):
         from . import geometry
 
         if self._geometry_ref is None:
-            mols = self.molecules("train")
+            mols = self.molecules("train", frame=False)
             n = min(GEOMETRY_REFERENCE, len(mols))
             cache = Path(self.cfg.cache_dir or qdata.default_cache_dir()) / f"geometry_train_{n}.npz"
             self._geometry_ref = geometry.reference(mols.z[:n], mols.pos[:n], cache)

@@ -1,0 +1,52 @@
+"""The study runner behind `benchmark qm9-ablation`, `qm9-scaling` and `qm9 seeds=`: jobs per candidate
+and seed, sampler-only candidates on another candidate's checkpoints, finished jobs kept, mean and range."""
+import json
+
+import pytest
+
+from unite_sci.errors import UserError
+from unite_sci.testing import TINY
+from unite_sci_benchmarks.study import _summary, study
+
+CANDIDATES = {
+    "base": ([], "the toy default"),
+    "base+euler": (["from:base", "sample.solver=euler"], "base checkpoints, Euler"),
+}
+SMALL = TINY + ["data.num_train=64", "data.num_test=16", "train.batch_size=8", "sample.steps=2"]
+
+
+def test_summary_gives_mean_and_range():
+    rows = [{"connected_validity": 10.0}, {"connected_validity": 20.0}, {"connected_validity": 60.0}]
+    assert _summary(rows)["connected_validity"] == "30.00 [10.00–60.00]"
+    assert _summary(rows[:1])["connected_validity"] == "10.00"
+    assert _summary([])["connected_validity"] == "–"
+
+
+def test_unknown_option_and_candidate_are_refused(tmp_path):
+    with pytest.raises(UserError, match="unknown study option 'seed'"):
+        study("toy", "t", CANDIDATES, str(tmp_path), [0.02], 4, ["seed=1"])
+    with pytest.raises(UserError, match="unknown candidate 'nope'"):
+        study("toy", "t", CANDIDATES, str(tmp_path), [0.02], 4, ["candidates=nope"])
+
+
+def test_a_failing_job_is_one_line_and_names_itself(tmp_path, capfd):
+    with pytest.raises(UserError, match="study jobs failed: base_s0"):
+        study("toy", "t", CANDIDATES, str(tmp_path), [0.02], 4, SMALL + ["data.bogus=1", "candidates=base"])
+    err = capfd.readouterr().err
+    assert "error: base_s0: config key 'data.bogus'" in err and "Traceback" not in err
+
+
+def test_jobs_seeds_sources_and_reuse(tmp_path):
+    overrides = SMALL + ["seeds=0,1", "jobs=2", "threads=1", "recon=4"]
+    report = study("toy", "t", CANDIDATES, str(tmp_path), [0.02], 4, overrides)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert set(data["per_job"]) == {"base_s0", "base_s1", "base+euler_s0", "base+euler_s1"}
+    # the sampler-only candidate trained nothing: its samples come from base's checkpoint, with its solver
+    assert not (tmp_path / "base+euler_s0" / "checkpoints").exists()
+    res = json.loads((tmp_path / "base+euler_s0" / "eval" / "results.json").read_text())
+    assert res["sampling"]["solver"] == "euler" and res["checkpoint"].startswith(str(tmp_path / "base_s0"))
+    assert "| base | 0.02 | 2 |" in report.read_text()
+    # a second call trains and samples nothing again
+    stamp = (tmp_path / "base_s0" / "eval" / "results.json").stat().st_mtime
+    study("toy", "t", CANDIDATES, str(tmp_path), [0.02], 4, overrides)
+    assert (tmp_path / "base_s0" / "eval" / "results.json").stat().st_mtime == stamp
