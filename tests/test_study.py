@@ -50,3 +50,15 @@ def test_jobs_seeds_sources_and_reuse(tmp_path):
     stamp = (tmp_path / "base_s0" / "eval" / "results.json").stat().st_mtime
     study("toy", "t", CANDIDATES, str(tmp_path), [0.02], 4, overrides)
     assert (tmp_path / "base_s0" / "eval" / "results.json").stat().st_mtime == stamp
+
+
+def test_scaling_plot_reads_budgets_from_job_tags(tmp_path):
+    from unite_sci_benchmarks.study import plot_scaling
+
+    per_job = {f"{m}_s{s}_{b}min": {"connected_validity": b + s + (m == "unite"), "edm/atom_stability": 50.0,
+                                    "edm/molecule_stability": 1.0}
+               for m in ("unite", "two_stage") for s in (0, 1) for b in (10, 30)}
+    rows = [{"candidate": m} for m in ("unite", "two_stage")]
+    (tmp_path / "report.json").write_text(json.dumps({"rows": rows, "per_job": per_job}))
+    plot_scaling(tmp_path / "report.json", tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
