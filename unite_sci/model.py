@@ -243,7 +243,8 @@ class GenerativeEncoder(nn.Module):
                 tok_pos: Tensor | None = None, self_cond: Tensor | None = None) -> Tensor:
         """registers (B, K, C), t (B,), cond (B,) long, masks bool True = real -> latents (B, K, C).
 
-        ``self_cond`` (B, K, C): the previous clean-latent prediction (self-conditioning); None = zeros.
+        ``self_cond`` (B, K, C): the previous clean-latent prediction (self-conditioning); zeros when there is
+        none yet (as in training); None adds nothing (tokenize mode, or a model built without it).
         """
         b, k, _ = registers.shape
         x = self.x_embed(registers) + self.reg_embed[reg_pos]  # (B, K, d)
