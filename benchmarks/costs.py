@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from unite_sci.engine import load_config, make_adapter
+from unite_sci.parallel import available_cpus
 from unite_sci.trainer import Trainer
+from unite_sci.unite import Phase
 
 
 # ---------------------------------------------------------------------------- evaluation throughput
@@ -37,7 +39,7 @@ def eval_throughput(modality: str, num: int, overrides: list[str] = ()) -> list[
     on a few items first builds the one-time caches (training SMILES, reference statistics), which are
     not part of the throughput.
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = available_cpus()  # what data.eval_workers=0 means (unite_sci.parallel.resolve_workers)
     base = load_config(modality, overrides=[o for o in overrides if o.startswith("data.")])
     has_workers = hasattr(base.data, "eval_workers")
     rows = []
@@ -126,14 +128,13 @@ def stage_costs(modality: str, preset: str, batch: int, reps: int, overrides: li
     single = Trainer(cfg, make_adapter(cfg), Path("/tmp/unite-sci-speed"))
     b = single.adapter.collate([single.splits["train"][i] for i in range(batch)]).to(single.device)
     t = _step_time(single, b, reps)
-    rows.append({"preset": preset, "method": "UNITE single-stage", "phase": "joint", "step_s": t,
+    rows.append({"preset": preset, "method": "UNITE single-stage", "phase": Phase.JOINT.value, "step_s": t,
                  "samples_per_s": batch / t})
     cfg = load_config(modality, overrides=common + ["train.mode=two_stage", "model.shared_weights=false"])
     two = Trainer(cfg, make_adapter(cfg), Path("/tmp/unite-sci-speed"))
-    for phase in ("tokenizer", "denoiser"):
-        two.phase = phase
-        two._build_optimizers()
+    for phase in (Phase.TOKENIZER, Phase.DENOISER):
+        two.enter_phase(phase)  # as fit() switches: optimisers rebuilt, EMA warm-up restarted
         t = _step_time(two, b, reps)
-        rows.append({"preset": preset, "method": "two-stage baseline", "phase": phase, "step_s": t,
+        rows.append({"preset": preset, "method": "two-stage baseline", "phase": phase.value, "step_s": t,
                      "samples_per_s": batch / t})
     return rows

@@ -2,26 +2,35 @@
 numbers, with the full protocol (SPEC sections 7, 9).
 
     unite-sci benchmark mp20 [--budget-minutes 10] [--num-samples 1000] [--checkpoint CKPT]
-                             [recon=N] [sanity=N] [other_decode=true] [key=value config overrides]
+                             [recon=N] [sanity=N] [other_decode=true] [baseline=true]
+                             [key=value config overrides]
 
-Options without a dot: ``recon`` (test crystals encoded and decoded, default min(1000, samples)), ``sanity``
+Options without a dot: ``baseline`` (the two-stage row: the same budget, config and protocol with separate
+tokenizer and denoiser weights, trained one after the other; skipped with ``--checkpoint``), ``recon`` (test crystals encoded and decoded, default min(1000, samples)), ``sanity``
 (real test crystals scored like samples, default 1000; 0 skips), ``other_decode`` (also decode the same
 latents with the other ``data.type_decode`` rule, argmax <-> composition, when the model has the head).
 Every score is computed from files on disk (``*/samples/samples.npz``): ``unite-sci evaluate`` redoes it.
 """
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from unite_sci.config import parse_options
 from unite_sci.engine import generate, load_config, load_model, make_adapter, provenance, reconstruct
+from unite_sci.files import write_json
 from unite_sci.protocol import training_speed, markdown_table, run_protocol, write_report
+from unite_sci.schema import non_negative
 
-from unite_sci_modalities.crystals.adapter import REFERENCES
+from unite_sci_benchmarks.published import MP20 as REFERENCES
 
 COLUMNS = ["method", "struct_valid_pct", "comp_valid_pct", "valid_pct", "unique_pct", "novel_pct",
-           "elements_per_crystal", "match_rate_pct", "rmse", "num_samples"]
+           "elements_per_crystal", "match_rate_pct", "match_rate_ungated_pct", "rmse", "train_steps",
+           "num_samples"]
+# what a materials scientist checks beside validity (second table: the first is the published layout)
+SHAPE_COLUMNS = ["method", "space_group_p1_pct", "space_group_ref_p1_pct", "space_group_tv", "crystal_system_tv",
+                 "space_group_distinct", "wdist_density", "wdist_num_elems", "cov_recall_pct", "cov_precision_pct"]
 DATA_ROW = {"method": "Data: MP-20 test split, 9,046 crystals, SMACT 2.6 (SPEC measurement)",
             "struct_valid_pct": 100.0, "comp_valid_pct": 91.05, "valid_pct": 91.05}
 
@@ -47,6 +56,14 @@ PROTOCOL = """
   "MP-20 offline" trains on about a third as many crystals, so compare the data row first.
 """
 
+SHAPE_PROTOCOL = """- Space groups: pymatgen `SpacegroupAnalyzer` (spglib) at symprec 0.1 A and angle tolerance 5 deg
+  on every sample; the distribution over valid samples against the training crystals' (total variation
+  over the 230 groups and over the 7 crystal systems, 0 = identical), the share in P1 beside the training
+  share, per sample in `per_sample.csv` and as `space_groups.png`.
+- Wasserstein distances of density and number of elements (CDVAE) against `data.wasserstein_reference`
+  test crystals, and COV-R / COV-P (CDVAE's fingerprints and cutoffs, matminer) when `data.coverage=true`.
+"""
+
 DATA_TEXT = {
     True: "train = the MP-20 val split plus the 1,847 train rows whose CIF could be recovered, minus a seeded "
           "10 % held out as validation; test = the full MP-20 test split (9,046 crystals). About 81 % of "
@@ -56,17 +73,29 @@ DATA_TEXT = {
 }
 
 
+@dataclass
+class CrystalOptions:
+    """This benchmark's ``key=value`` words without a dot (see the module docstring)."""
+
+    recon: Optional[int] = non_negative(None)  # test crystals encoded and decoded; None: min(1000, samples)
+    sanity: int = non_negative(1000)    # real test crystals scored like samples; 0 skips
+    other_decode: bool = True           # also decode the same latents with the other type_decode rule
+    baseline: bool = True               # the two-stage row, same budget (not with --checkpoint)
+
+
 def _strip(res: dict[str, Any]) -> dict[str, Any]:
     """``"MP-20 offline/valid_pct"`` -> ``"valid_pct"``."""
     p = res.get("protocol", "")
     return {k[len(p) + 1:] if p and k.startswith(p + "/") else k: v for k, v in res.items()}
 
 
-def _row(name: str, gen: dict[str, Any], rec: dict[str, Any] | None = None) -> dict[str, Any]:
-    row = {"method": name, **_strip(gen)}
+def _row(name: str, gen: dict[str, Any], rec: dict[str, Any] | None = None,
+         steps: Any = None) -> dict[str, Any]:
+    row = {"method": name, **_strip(gen), "train_steps": steps}
     if rec:
         r = _strip(rec)
-        row.update(match_rate_pct=r.get("match_rate_pct"), rmse=r.get("rmse"))
+        row.update(match_rate_pct=r.get("match_rate_pct"), rmse=r.get("rmse"),
+                   match_rate_ungated_pct=r.get("match_rate_ungated_pct"))
     return row
 
 
@@ -81,37 +110,43 @@ def sanity_row(num: int, overrides: list[str]) -> dict[str, Any]:
 
 def other_decode_row(checkpoint: str, rule: str, num: int, recon: int, post: list[str], out: Path) -> dict[str, Any]:
     """The same latents (same seed, same test crystals) decoded with another type rule."""
-    model, adapter, cfg = load_model(checkpoint, overrides=post + [f"data.type_decode={rule}"])
-    samples, info = generate(model, adapter, cfg.sample, num)
+    loaded = load_model(checkpoint, overrides=post + [f"data.type_decode={rule}"])
+    model, adapter = loaded.model, loaded.adapter
+    samples, info = generate(model, adapter, loaded.cfg.sample, num)
     adapter.export(samples, out / "samples")
     gen = adapter.evaluate(samples, str(out / "per_sample.csv"))
     inputs, recons = reconstruct(model, adapter, "test", recon)
     rec = adapter.evaluate_reconstruction(inputs, recons)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"generation": gen, "reconstruction": rec, "sampling": info},
-                                                 indent=2, default=str))
+    write_json({"generation": gen, "reconstruction": rec, "sampling": info}, out / "results.json")
     return _row(f"UNITE, type_decode={rule} (same latents)", gen, rec)
 
 
 def run(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
         checkpoint: str | None = None, overrides: list[str] = ()) -> Path:
-    opts = dict(o.split("=", 1) for o in overrides if "." not in o.split("=", 1)[0])
-    config = [o for o in overrides if "." in o.split("=", 1)[0]]
+    opts, config = parse_options(CrystalOptions, overrides)
     post = [o for o in config if o.startswith(("sample.", "data."))]
     budget = budget_minutes or 10.0
     out_p = Path(out)
-    recon = int(opts.get("recon", min(1000, num_samples or 1000)))
+    recon = min(1000, num_samples or 1000) if opts.recon is None else opts.recon
     u = run_protocol("mp20", out_p / "unite", None if checkpoint else budget, num_samples, checkpoint, config, recon)
     ckpt = checkpoint or u["training"]["checkpoint"]
-    model, adapter, cfg = load_model(ckpt, overrides=post)
+    loaded = load_model(ckpt, overrides=post)
+    adapter, cfg = loaded.adapter, loaded.cfg
     num = u["sampling"]["num_samples"]
     rows = [_row(f"UNITE single-stage (this run), type_decode={cfg.data.type_decode}", u["generation"],
-                 u["reconstruction"])]
-    if opts.get("other_decode", "true").lower() == "true" and cfg.data.composition_weight > 0:
+                 u["reconstruction"], u["training"].get("steps"))]
+    results = {"unite": u}
+    if opts.baseline and checkpoint is None:
+        t = run_protocol("mp20", out_p / "two_stage", budget, num_samples, None,
+                         config + ["train.mode=two_stage", "model.shared_weights=false"], recon)
+        results["two_stage"] = t
+        rows.append(_row("Two-stage baseline (this run, same budget)", t["generation"], t["reconstruction"],
+                         t["training"].get("steps")))
+    if opts.other_decode and cfg.data.composition_weight > 0:
         other = "composition" if cfg.data.type_decode == "argmax" else "argmax"
         rows.append(other_decode_row(ckpt, other, num, u["reconstruction_num"], post, out_p / f"decode_{other}"))
-    if int(opts.get("sanity", 1000)):
-        rows.append(sanity_row(int(opts.get("sanity", 1000)), config))
+    if opts.sanity:
+        rows.append(sanity_row(opts.sanity, config))
     rows.append(DATA_ROW)
     rows += [{"method": k, **v} for k, v in REFERENCES.items()]
 
@@ -128,6 +163,7 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
         preset=cfg.model.preset, arch=", ".join(f"{k} {arch.get(k)}" for k in ("depth", "width", "heads",
                                                                               "dec_depth", "dec_width", "latent_dim")),
         solver=s["solver"], steps=s["steps"], budget=f"{steps} steps, {float(wall):.0f} s")
+    protocol += SHAPE_PROTOCOL
     settings = (f"- Training: {steps} steps in {float(wall):.0f} s, {training_speed(ckpt)} training crystals/s "
                 f"(mean of the logged rates), batch {cfg.train.batch_size}, on {u.get('machine', {}).get('processor')}"
                 f" with {u.get('machine', {}).get('torch_threads')} torch threads\n"
@@ -138,7 +174,10 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
                 f"- Checkpoint sha256 {u.get('checkpoint_sha256')}; model {arch}\n"
                 f"- Library versions: {u.get('library_versions')}")
     sections = [(f"Results, protocol \"{adapter.protocol}\" (percent; RMSE in (V/N)^(1/3) units)",
-                 markdown_table(rows, COLUMNS)), ("Settings", settings), ("Protocol", protocol)]
-    data = {"rows": rows, "results": {"unite": u}, "protocol": protocol, "protocol_name": adapter.protocol,
+                 markdown_table(rows, COLUMNS)),
+                ("Symmetry and distributions", markdown_table([r for r in rows if "space_group_tv" in r or
+                                                               "wdist_density" in r], SHAPE_COLUMNS)),
+                ("Settings", settings), ("Protocol", protocol)]
+    data = {"rows": rows, "results": results, "protocol": protocol, "protocol_name": adapter.protocol,
             **provenance()}
     return write_report(out, f"unite-sci benchmark: {adapter.protocol}", sections, data)

@@ -11,13 +11,17 @@ Every score is computed from files on disk (``cfg_*/samples/samples.npz``): ``un
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from unite_sci.config import parse_options
 from unite_sci.engine import load_config, load_model, provenance, reconstruct, train
 from unite_sci.protocol import training_speed, markdown_table, run_protocol, write_report
+from unite_sci.schema import non_negative
 
-from unite_sci_modalities.images.adapter import REFERENCES, SPLITS
+from unite_sci_benchmarks.published import IMAGES as REFERENCES
+from unite_sci_modalities.images.adapter import SPLITS
 from unite_sci_modalities.images.io import save_reconstruction_grid
 
 GEN_COLUMNS = ["method", "cfg", "gfid", "num_samples", "nn_train_rmse", "samples_per_s", "best"]
@@ -41,10 +45,13 @@ PROTOCOL = """
 """
 
 
-def _options(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
-    """``key=value`` options of this benchmark (no dot) and config overrides (dotted)."""
-    opts = dict(o.split("=", 1) for o in overrides if "." not in o.split("=", 1)[0])
-    return opts, [o for o in overrides if "." in o.split("=", 1)[0]]
+@dataclass
+class ImageOptions:
+    """This benchmark's ``key=value`` words without a dot (see the module docstring)."""
+
+    cfg_sweep: list[float] = field(default_factory=list)  # guidance scales; empty: the config's sample.cfg
+    recon: Optional[int] = non_negative(None)  # test images reconstructed; None: the sample count
+    sanity: Optional[int] = non_negative(None)  # real test images scored like samples; None: the sample count
 
 
 def real_data_row(adapter: Any, num: int) -> dict[str, Any]:
@@ -65,13 +72,13 @@ def reconstruction_grid(model: Any, adapter: Any, path: Path, num: int = 32) -> 
 
 def run(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
         checkpoint: str | None = None, overrides: list[str] = ()) -> Path:
-    opts, config = _options(list(overrides))
+    opts, config = parse_options(ImageOptions, overrides)
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     base = load_config("images", overrides=config)
     num = num_samples or base.sample.num
-    scales = [float(w) for w in opts.get("cfg_sweep", "").split(",") if w.strip()] or [base.sample.cfg]
-    recon = int(opts.get("recon", num))
+    scales = opts.cfg_sweep or [base.sample.cfg]
+    recon = num if opts.recon is None else opts.recon
     train_summary: dict[str, Any] = {}
     post = config  # with --checkpoint, load_model refuses anything but sample.* and data.*
     if checkpoint is None:
@@ -94,8 +101,9 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
     if best is not None:
         best["best"] = "best"
     # the checkpoint's own data settings (with any data.* override), as the samples were scored with
-    model, adapter, _ = load_model(checkpoint, overrides=[o for o in post if o.startswith("data.")])
-    sanity = int(opts.get("sanity", num))
+    loaded = load_model(checkpoint, overrides=[o for o in post if o.startswith("data.")])
+    model, adapter = loaded.model, loaded.adapter
+    sanity = num if opts.sanity is None else opts.sanity
     if sanity:
         gen_rows.append(real_data_row(adapter, sanity))
     rec = first["reconstruction"]

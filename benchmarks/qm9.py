@@ -11,14 +11,18 @@ than that range is no result.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unite_sci.config import parse_options
 from unite_sci.engine import load_config, make_adapter, provenance
 from unite_sci.errors import UserError
 from unite_sci.protocol import markdown_table, run_protocol, write_report
+from unite_sci.schema import non_negative
 
-from unite_sci_modalities.qm9.adapter import REFERENCES
+from unite_sci_benchmarks.published import QM9 as REFERENCES
+from unite_sci_benchmarks.study import SCALING, StudyOptions, run_study
 
 COLUMNS = ["method", "match", "rmsd", "adit/validity", "adit/validity_with_h", "connected_validity", "edm/atom_stability",
            "edm/molecule_stability", "edm/validity", "adit/uniqueness", "adit/novelty", "too_close_fraction",
@@ -46,6 +50,16 @@ PROTOCOL = """
 """
 
 
+@dataclass
+class QM9Options(StudyOptions):
+    """This benchmark's ``key=value`` words without a dot. ``seeds`` makes it a study (``jobs``, ``threads``
+    and the other study options then apply); ``recon`` (test molecules reconstructed) defaults to
+    min(1000, samples) for one run and to the study's 200 per seed."""
+
+    baseline: bool = True               # also train the two-stage baseline on the same budget
+    sanity: int = non_negative(1000)    # real test molecules scored like samples
+
+
 def _row(name: str, res: dict[str, Any]) -> dict[str, Any]:
     rec = res.get("reconstruction", {})
     return {"method": name, "match": rec.get("reconstruction/match_rate"), "rmsd": rec.get("reconstruction/rmsd"),
@@ -62,45 +76,38 @@ def sanity_row(num: int, overrides: list[str]) -> dict[str, Any]:
     return {"method": f"Data: {n} real test molecules (this toolkit)", **gen}
 
 
-def run_seeds(out: str, budget: float, num: int, overrides: list[str]) -> Path:
+def run_seeds(out: str, budget: float, num: int, opts: QM9Options, config: list[str]) -> Path:
     """UNITE and two-stage at several seeds through the study runner, with the real-data and published rows."""
-    from .study import SCALING, study
-
-    opts = dict(o.split("=", 1) for o in overrides if "." not in o.split("=", 1)[0])
-    config = [o for o in overrides if "." in o.split("=", 1)[0]]
-    methods = SCALING if opts.pop("baseline", "true").lower() == "true" else {"unite": SCALING["unite"]}
-    sanity = int(opts.pop("sanity", 1000))
-    rest = [f"{k}={v}" for k, v in opts.items()] + config
+    methods = SCALING if opts.baseline else {"unite": SCALING["unite"]}
     cols = [c for c in COLUMNS if c not in ("match", "rmsd")]
 
     def extra() -> list[tuple[str, str]]:  # after the timed jobs, so that it never competes with them
-        refs = [sanity_row(sanity, config)] + [{"method": k, **v} for k, v in REFERENCES.items()]
+        refs = [sanity_row(opts.sanity, config)] + [{"method": k, **v} for k, v in REFERENCES.items()]
         return [("Real data and published numbers", markdown_table(refs, cols)), ("Protocol", PROTOCOL)]
 
-    return study("qm9", "qm9", methods, out, [budget], num, rest, extra)
+    return run_study("qm9", "qm9", methods, out, [budget], num, opts, config, extra)
 
 
 def run(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
         checkpoint: str | None = None, overrides: list[str] = ()) -> Path:
-    opts = dict(o.split("=", 1) for o in overrides if "." not in o.split("=", 1)[0])
-    if "seeds" in opts:
+    opts, config = parse_options(QM9Options, overrides)
+    if opts.seeds is not None:
         if checkpoint:
             raise UserError("seeds= trains one run per seed; it takes no --checkpoint")
-        return run_seeds(out, budget_minutes or 30.0, num_samples or 10_000, list(overrides))
-    config = [o for o in overrides if "." in o.split("=", 1)[0]]
+        return run_seeds(out, budget_minutes or 30.0, num_samples or 10_000, opts, config)
     budget = budget_minutes or 30.0
     num = num_samples or 10_000
     out_p = Path(out)
-    recon = int(opts.get("recon", min(1000, num)))
+    recon = min(1000, num) if opts.recon is None else opts.recon
     results = {"unite": run_protocol("qm9", out_p / "unite", budget, num, checkpoint, config, recon)}
-    if opts.get("baseline", "true").lower() == "true" and checkpoint is None:
+    if opts.baseline and checkpoint is None:
         results["two_stage"] = run_protocol(
             "qm9", out_p / "two_stage", budget, num, None,
             config + ["train.mode=two_stage", "model.shared_weights=false"], recon)
     rows = [_row("UNITE single-stage (this run)", results["unite"])]
     if "two_stage" in results:
         rows.append(_row("Two-stage baseline (this run, same budget)", results["two_stage"]))
-    rows.append(sanity_row(int(opts.get("sanity", 1000)), config))
+    rows.append(sanity_row(opts.sanity, config))
     rows += [{"method": k, **v} for k, v in REFERENCES.items()]
     u = results["unite"]
     train = u.get("training", {})

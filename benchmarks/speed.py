@@ -18,18 +18,38 @@ the matmul reference is a square fp32 (and bf16) GEMM of comparable size on the 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from unite_sci.config import Precision, parse_options
 from unite_sci.engine import load_config, machine_description, make_adapter
 from unite_sci.protocol import markdown_table, write_report
 from unite_sci.sampling import sample_latents
+from unite_sci.schema import ranged
 from unite_sci.trainer import Trainer, resolve_device
 
 from unite_sci_benchmarks.costs import eval_throughput, peak_memory, stage_costs
+
+
+@dataclass
+class SpeedOptions:
+    """This benchmark's ``key=value`` words without a dot (see the module docstring)."""
+
+    modality: str = "qm9"
+    presets: list[str] = field(default_factory=lambda: ["tiny", "small"])
+    batch: int = ranged(128, lo=1)
+    steps: int = ranged(6, lo=1)        # timed repetitions of each measured part
+    precision: list[Precision] = field(default_factory=lambda: [Precision.fp32, Precision.bf16])
+    compile: list[bool] = field(default_factory=lambda: [False])
+    mem_batches: Optional[list[int]] = ranged(None, lo=1)  # None: 32 and ``batch``
+    stages: bool = True
+    eval: list[str] = field(default_factory=lambda: ["qm9", "mp20", "images"])  # modalities; empty: skip
+    eval_num: int = ranged(200, lo=1)
+    sampling: bool = True
 
 
 def matmul_flops(n: int = 1024, dtype: torch.dtype = torch.float32, seconds: float = 2.0,
@@ -78,13 +98,14 @@ def measure_preset(modality: str, preset: str, batch: int, steps: int, precision
     m = tr.model
     autocast = torch.autocast(tr.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.no_grad(), autocast:
-        z0 = m.encode(b)
+        regs = m.registers(b.mask, len(b.cond), tr.device)  # built once per step, as in training
+        z0 = m.encode(b, regs)
         split = {
             "data loading (collate + augment)": _timed(load, max(2, steps // 2)),
-            "tokenize pass (forward)": _timed(lambda: m.encode(b), steps),
+            "tokenize pass (forward)": _timed(lambda: m.encode(b, regs), steps),
             "decoder + reconstruction loss (forward)": _timed(
-                lambda: adapter.reconstruction_loss(m.decode(z0, b.mask), b), steps),
-            "one flow pass (forward)": _timed(lambda: m.flow_losses(z0, b.cond, b.mask), steps)
+                lambda: adapter.reconstruction_loss(m.decode(z0, b.mask, regs), b), steps),
+            "one flow pass (forward)": _timed(lambda: m.flow_losses(z0, b.cond, regs), steps)
             / cfg.flow.flow_batches,
         }
     fwd = sum(v for k, v in split.items() if "forward" in k)
@@ -125,15 +146,18 @@ def sampling_speed(m, adapter, cfg, num: int, solvers: list[tuple[str, int]]) ->
     mask = adapter.layout.mask_from_sizes(sizes) if sizes is not None else None
     k = mask.shape[1] + adapter.layout.extra if mask is not None else adapter.layout.count
     dev = next(m.parameters()).device
+    mask = mask.to(dev) if mask is not None else None  # as generate() has it: the registers live on dev
     m.eval()
     for solver, steps in solvers:
         noise = torch.randn(num, k, cfg.model.latent_dim, generator=gen).to(dev)
         cond = torch.full((num,), m.encoder.null_class, device=dev)
         t0 = time.perf_counter()
-        z, nfe = sample_latents(lambda x, t, c: m.denoiser.denoise(x, t, c, mask), noise, cond,
-                                m.encoder.null_class, solver, steps, cfg.flow.shift, cfg.flow.clamp)
+        regs = m.registers(mask, num, dev)
+        z, nfe = sample_latents(lambda x, t, c: m.denoiser.denoise(x, t, c, regs), noise, cond=cond,
+                                null=m.encoder.null_class, solver=solver, steps=steps, shift=cfg.flow.shift,
+                                clamp=cfg.flow.clamp)
         with torch.no_grad():
-            adapter.to_domain(m.decode(z, mask), mask)
+            adapter.to_domain(m.decode(z, mask, regs), mask)
         wall = time.perf_counter() - t0
         rows.append({"solver": solver, "steps": steps, "nfe": nfe, "samples_per_s": num / wall})
     return rows
@@ -141,13 +165,10 @@ def sampling_speed(m, adapter, cfg, num: int, solvers: list[tuple[str, int]]) ->
 
 def run(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
         checkpoint: str | None = None, overrides: list[str] = ()) -> Path:
-    opts = dict(o.split("=", 1) for o in overrides if "=" in o and "." not in o.split("=", 1)[0])
-    passthrough = [o for o in overrides if "." in o.split("=", 1)[0]]
-    modality = opts.get("modality", "qm9")
-    presets = opts.get("presets", "tiny,small").split(",")
-    batch, steps = int(opts.get("batch", 128)), int(opts.get("steps", 6))
-    precisions = opts.get("precision", "fp32,bf16").split(",")
-    compiled = [c.strip().lower() for c in opts.get("compile", "false").split(",")]
+    opts, passthrough = parse_options(SpeedOptions, overrides)
+    modality, presets, batch, steps = opts.modality, opts.presets, opts.batch, opts.steps
+    precisions = [str(p) for p in opts.precision]  # the plain words key the report's tables
+    compiled = [str(c).lower() for c in opts.compile]  # "false" / "true": words of a config override
     device = resolve_device("auto")
     ref = {p: matmul_flops(dtype=torch.float32 if p == "fp32" else torch.bfloat16, device=device.type)
            for p in precisions}
@@ -159,7 +180,7 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
                 rows.append(r)
                 if comp == compiled[0]:
                     splits.append((f"{preset} / {prec}", r["cost_split_s"], r["step_s"]))
-        if opts.get("sampling", "true").lower() == "true":
+        if opts.sampling:
             sampling += [{"preset": preset, **s} for s in sampling_speed(
                 r["model"], r["adapter"], r["cfg"], num_samples or 64,
                 [("euler", 25), ("heun", 25), ("heun", 50), ("dopri5", 0)])]
@@ -172,11 +193,10 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
     for r in rows:
         r["mfu_%"] = 100 * r["achieved_GFLOPs"] * 1e9 / ref[r["precision"]]
     memory = [peak_memory(modality, preset, int(mb), "fp32", passthrough)
-              for preset in presets for mb in opts.get("mem_batches", f"32,{batch}").split(",") if mb]
+              for preset in presets for mb in ([32, batch] if opts.mem_batches is None else opts.mem_batches)]
     stages = [r for preset in presets for r in stage_costs(modality, preset, batch, steps, passthrough)
-              ] if opts.get("stages", "true").lower() == "true" else []
-    evals = [r for m in opts.get("eval", "qm9,mp20,images").split(",") if m
-             for r in eval_throughput(m, int(opts.get("eval_num", 200)), passthrough if m == modality else [])]
+              ] if opts.stages else []
+    evals = [r for m in opts.eval for r in eval_throughput(m, opts.eval_num, passthrough if m == modality else [])]
     table = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
               if k not in ("cost_split_s", "model", "adapter", "cfg")} for r in rows]
     split_md = "".join(f"**{name}** (step {step:.3f} s)\n\n" + markdown_table(

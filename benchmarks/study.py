@@ -23,13 +23,16 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from unite_sci.checkpoint import load_checkpoint
+from unite_sci.config import parse_options
 from unite_sci.engine import provenance
 from unite_sci.errors import UserError
 from unite_sci.protocol import fmt, run_protocol, write_report
+from unite_sci.schema import non_negative, positive, ranged
 
 # Each: (overrides, what it tests). "from:<name>" as first override = sampler settings on <name>'s checkpoints.
 CANDIDATES: dict[str, tuple[list[str], str]] = {
@@ -57,14 +60,16 @@ METRICS = ["connected_validity", "edm/atom_stability", "edm/molecule_stability",
            "edm/validity", "match", "rmsd", "train_steps"]
 
 
-def _opts(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Study options (keys without a dot) and config overrides (dotted keys)."""
-    opts = dict(o.split("=", 1) for o in overrides if "." not in o.split("=", 1)[0])
-    known = {"seeds", "jobs", "threads", "candidates", "recon", "run"}
-    unknown = sorted(set(opts) - known)
-    if unknown:
-        raise UserError(f"unknown study option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    return opts, [o for o in overrides if "." in o.split("=", 1)[0]]
+@dataclass
+class StudyOptions:
+    """The options of every study, as ``key=value`` words without a dot (``seeds=0,1 jobs=2``)."""
+
+    seeds: Optional[list[int]] = None   # one job per candidate and seed; None: [0]
+    jobs: int = ranged(1, lo=1)         # jobs at a time
+    threads: Optional[int] = ranged(None, lo=1)  # torch threads per job; None: the cores / jobs
+    candidates: Optional[list[str]] = None  # None: every candidate
+    recon: Optional[int] = non_negative(None)  # test items reconstructed per job; None: 200
+    run: bool = True                    # false: only the table of the jobs already finished
 
 
 def _source(ov: list[str]) -> str | None:
@@ -122,19 +127,27 @@ def _launch(modality: str, job: dict[str, Any], threads: int) -> subprocess.Pope
 def study(modality: str, name: str, candidates: dict[str, tuple[list[str], str]], out: str,
           budgets: list[float], num: int, overrides: list[str],
           extra: Callable[[], list[tuple[str, str]]] | None = None) -> Path:
-    """Run the missing jobs (``jobs`` at a time), then write the table of every candidate.
+    """:func:`run_study` with :class:`StudyOptions` and config overrides read from ``key=value`` words."""
+    opts, config = parse_options(StudyOptions, overrides)
+    return run_study(modality, name, candidates, out, budgets, num, opts, config, extra)
 
-    ``extra``: called after the jobs, more report sections (title, markdown), e.g. real-data rows.
+
+def run_study(modality: str, name: str, candidates: dict[str, tuple[list[str], str]], out: str,
+              budgets: list[float], num: int, opts: StudyOptions, config: list[str],
+              extra: Callable[[], list[tuple[str, str]]] | None = None) -> Path:
+    """Run the missing jobs (``opts.jobs`` at a time), then write the table of every candidate.
+
+    ``config``: run-config overrides of every job. ``extra``: called after the jobs, more report sections
+    (title, markdown), e.g. real-data rows.
     """
-    opts, config = _opts(overrides)
-    seeds = [int(s) for s in opts.get("seeds", "0").split(",")]
-    names = opts.get("candidates", ",".join(candidates)).split(",")
+    seeds = opts.seeds or [0]
+    names = opts.candidates or list(candidates)
     bad = [n for n in names if n not in candidates]
     if bad:
         raise UserError(f"unknown candidate {bad[0]!r}; known: {', '.join(candidates)}")
-    jobs_at_once = int(opts.get("jobs", "1"))
-    threads = int(opts.get("threads", max(1, (os.cpu_count() or 1) // jobs_at_once)))
-    recon = int(opts.get("recon", "200"))
+    jobs_at_once = opts.jobs
+    threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs_at_once)
+    recon = 200 if opts.recon is None else opts.recon
     out_p = Path(out)
     todo, results = [], {}
     # training candidates first: sampler-only candidates need their checkpoints
@@ -151,7 +164,7 @@ def study(modality: str, name: str, candidates: dict[str, tuple[list[str], str]]
                              "overrides": config + [o for o in ov if not o.startswith("from:")] +
                              [f"train.seed={seed}", f"train.threads={threads}"]})
     pending = [j for j in todo if not (Path(j["run"]) / "eval" / "results.json").is_file()]
-    if opts.get("run", "true").lower() == "false":  # only the table of what has finished
+    if not opts.run:  # only the table of what has finished
         pending = []
     running: list[tuple[dict, subprocess.Popen]] = []
     failed: list[str] = []
@@ -218,15 +231,19 @@ SCALING: dict[str, tuple[list[str], str]] = {
 }
 
 
+@dataclass
+class ScalingOptions(StudyOptions):
+    minutes: Optional[list[float]] = positive(None)  # training budgets; None: --budget-minutes (10), 30, 120
+
+
 def qm9_scaling(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
                 checkpoint: str | None = None, overrides: list[str] = ()) -> Path:
     """UNITE against two-stage at several budgets (option ``minutes=10,30,120``), table and curve."""
+    opts, config = parse_options(ScalingOptions, overrides)
     if checkpoint:
         raise UserError("qm9-scaling trains its own runs; it takes no --checkpoint")
-    rest = [o for o in overrides if not o.startswith("minutes=")]
-    given = [o.split("=", 1)[1] for o in overrides if o.startswith("minutes=")]
-    budgets = [float(m) for m in (given[-1].split(",") if given else [str(budget_minutes or 10), "30", "120"])]
-    report = study("qm9", "qm9-scaling", SCALING, out, budgets, num_samples or 1000, rest)
+    budgets = opts.minutes or [budget_minutes or 10.0, 30.0, 120.0]
+    report = run_study("qm9", "qm9-scaling", SCALING, out, budgets, num_samples or 1000, opts, config)
     plot_scaling(Path(out) / "report.json", Path(out) / "scaling.png")
     return report
 

@@ -1,15 +1,21 @@
 """Atom helpers shared by the molecule (QM9) and crystal (MP-20) adapters.
 
 Element data come from ase (``ase.data``) so that symbols, atomic numbers and masses are stated once.
-Coordinates are in Angstrom everywhere in this module.
+Coordinates are in Angstrom everywhere in this module. torch is imported only where a function needs
+it: spawned crystal-metric workers import this module (for ``MAX_Z``) and must not pay about 1.7 s and
+0.9 GB each for torch (see ``unite_sci/parallel.py``).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
 from unite_sci.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_Z = 100  # elements 1..100 can be represented; 0 is padding
 
@@ -63,6 +69,8 @@ def principal_axes_frame(z: np.ndarray, pos: np.ndarray) -> np.ndarray:
 
 def random_rotations(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniformly random proper rotation matrices (n, 3, 3), via QR of a Gaussian matrix."""
+    import torch  # here, not at the top: see the module docstring
+
     a = torch.randn(n, 3, 3, generator=generator)
     q, r = torch.linalg.qr(a)
     q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)  # unique Haar-distributed Q

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -17,17 +18,23 @@ from torch import nn
 from unite_sci.adapter import AdapterBase, Batch, register
 from unite_sci.errors import DataError
 from unite_sci.model import RegisterLayout
+from unite_sci.reduce import masked_mean
+from unite_sci.schema import non_negative, positive, ranged
 
 
 @dataclass
 class ToyConfig:
     num_train: int = 4096
     num_test: int = 512
-    min_points: int = 4
-    max_points: int = 12
-    noise: float = 0.01
-    tol: float = 0.1
+    min_points: int = ranged(4, lo=1)  # rules on a field sit on the field (see unite_sci/schema.py) ...
+    max_points: int = ranged(12, lo=1)
+    noise: float = non_negative(0.01)
+    tol: float = positive(0.1)
     seed: int = 0
+
+    def constraints(self) -> Iterator[tuple[str, str]]:  # ... and rules between fields here, as (key, why)
+        if self.min_points > self.max_points:
+            yield "min_points", f"{self.min_points} > data.max_points {self.max_points}"
 
 
 def shape_distance(p: np.ndarray) -> np.ndarray:
@@ -76,8 +83,8 @@ class ToyAdapter(AdapterBase):
         return _Lambda(lambda h, mask: {"points": lin(h)}, lin)
 
     def reconstruction_loss(self, out, batch):
-        m = batch.mask.float()  # per-sample mean over real points, then over samples
-        err = ((((out["points"] - batch.data["points"]) ** 2).sum(-1) * m).sum(1) / m.sum(1)).mean()
+        se = ((out["points"] - batch.data["points"]) ** 2).sum(-1)  # (B, N)
+        err = masked_mean(se, batch.mask).mean()  # per-sample mean over real points, then over samples
         return err, {"mse": err.detach()}
 
     def sample_sizes(self, num, generator):

@@ -63,3 +63,38 @@ def test_saved_yaml_round_trip():
     cfg = build("train.seed=7", "data.max_points=9")
     again = from_yaml(to_yaml(cfg), ToyConfig)
     assert again == cfg
+
+
+def test_choices_are_plain_words_in_code_and_in_saved_yaml():
+    cfg = build("sample.solver=euler", "train.precision=bf16")
+    assert cfg.sample.solver == "euler" and f"{cfg.train.precision}" == "bf16" and repr(cfg.sample.solver) == "'euler'"
+    assert "solver: euler" in to_yaml(cfg) and "precision: bf16" in to_yaml(cfg)
+
+
+def test_rules_hold_for_configs_built_in_python_too():
+    import dataclasses
+
+    from unite_sci.config import validate
+
+    cfg = build()
+    for section, change, key in [("sample", {"solver": "rk4"}, "sample.solver"),
+                                 ("optim", {"ema_decay": 0.0}, "optim.ema_decay"),
+                                 ("data", {"min_points": 9, "max_points": 5}, "data.min_points")]:
+        bad = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **change)})
+        with pytest.raises(ConfigError) as e:
+            validate(bad)
+        assert str(e.value).startswith(f"config key '{key}': ")
+
+
+def test_a_choice_value_must_be_its_name():
+    from unite_sci.schema import Choice
+
+    with pytest.raises(TypeError, match="must be its name"):
+        class Bad(Choice):  # omegaconf would read the YAML word "b" into nothing
+            a = "b"
+
+
+def test_range_wording():
+    from unite_sci.schema import Range
+
+    assert str(Range(0, None, open_lo=True)) == "be > 0" and str(Range(0, 1, open_hi=True)) == "lie in [0, 1)"

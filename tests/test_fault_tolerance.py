@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,13 +65,15 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], env=ENV, stdout=subprocess.PIPE,
                             text=True)
     assert proc.stdout.readline().strip() == "ready"
-    tmp = tmp_path / "step_00000002.pt.tmp"
+    def tmp() -> list[Path]:  # the writer's temporary file: step_00000002.pt.<pid>-<tag>.tmp
+        return list(tmp_path.glob("step_00000002.pt.*.tmp"))
+
     deadline = time.time() + 120
-    while time.time() < deadline and not (tmp.exists() and tmp.stat().st_size > 2**20):
+    while time.time() < deadline and not any(p.stat().st_size > 2**20 for p in tmp() if p.exists()):
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)  # in the middle of writing step 2
     proc.wait()
-    assert tmp.exists() and not (tmp_path / "step_00000002.pt").exists()
+    assert tmp() and not (tmp_path / "step_00000002.pt").exists()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001.pt"]
     assert latest_complete(tmp_path)["step"] == 1
 

@@ -21,17 +21,23 @@ def ge(per_element=True, classes=3):
                              num_classes=classes)
 
 
+def regs(m, mask):
+    """The register set of a batch with element mask (B, N), as the trainer builds it once per step."""
+    return m.layout.registers(mask, mask.shape[0], mask.device)
+
+
 def test_shapes_of_both_modes():
     m = ge()
     tokens, mask = torch.randn(2, 5, 32), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    z0 = m.tokenize(tokens, mask, mask)
+    z0 = m.tokenize(tokens, mask, regs(m, mask))
     assert z0.shape == (2, 5, 4)
-    assert m.denoise(z0, torch.rand(2), torch.tensor([0, 3]), mask).shape == (2, 5, 4)
+    assert m.denoise(z0, torch.rand(2), torch.tensor([0, 3]), regs(m, mask)).shape == (2, 5, 4)
 
 
 def test_final_layernorm_normalises_every_output():
     m = ge()
-    out = m.denoise(torch.randn(3, 6, 4) * 7, torch.rand(3), torch.zeros(3, dtype=torch.long), torch.ones(3, 6, dtype=torch.bool))
+    out = m.denoise(torch.randn(3, 6, 4) * 7, torch.rand(3), torch.zeros(3, dtype=torch.long),
+                    regs(m, torch.ones(3, 6, dtype=torch.bool)))
     assert torch.allclose(out.mean(-1), torch.zeros(3, 6), atol=1e-5)  # default affine: mean 0, std 1
     assert torch.allclose(out.var(-1, unbiased=False), torch.ones(3, 6), atol=1e-3)
 
@@ -40,10 +46,10 @@ def test_registers_start_from_gaussian_noise():
     m = ge()
     tokens, mask = torch.randn(1, 4, 32), torch.ones(1, 4, dtype=torch.bool)
     torch.manual_seed(0)
-    a = m.tokenize(tokens, mask, mask)
+    a = m.tokenize(tokens, mask, regs(m, mask))
     torch.manual_seed(0)
-    b = m.tokenize(tokens, mask, mask)
-    c = m.tokenize(tokens, mask, mask)
+    b = m.tokenize(tokens, mask, regs(m, mask))
+    c = m.tokenize(tokens, mask, regs(m, mask))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -51,8 +57,9 @@ def test_padding_does_not_change_real_outputs():
     m = ge().eval()
     x = torch.randn(1, 3, 4)
     t, y = torch.rand(1), torch.zeros(1, dtype=torch.long)
-    short = m.denoise(x, t, y, torch.ones(1, 3, dtype=torch.bool))
-    padded = m.denoise(torch.cat([x, torch.randn(1, 2, 4)], 1), t, y, torch.tensor([[1, 1, 1, 0, 0]], dtype=torch.bool))
+    short = m.denoise(x, t, y, regs(m, torch.ones(1, 3, dtype=torch.bool)))
+    padded = m.denoise(torch.cat([x, torch.randn(1, 2, 4)], 1), t, y,
+                       regs(m, torch.tensor([[1, 1, 1, 0, 0]], dtype=torch.bool)))
     assert torch.allclose(short, padded[:, :3], atol=1e-5)
 
 
@@ -70,7 +77,7 @@ def test_presets_match_the_paper():
     assert (PRESETS["L"]["depth"], PRESETS["L"]["width"], PRESETS["L"]["heads"]) == (24, 1024, 16)
     assert (PRESETS["XL"]["depth"], PRESETS["XL"]["width"], PRESETS["XL"]["heads"]) == (28, 1152, 16)
     assert (PRESETS["S"]["depth"], PRESETS["S"]["width"], PRESETS["S"]["heads"]) == (12, 384, 6)
-    m = GenerativeEncoder(RegisterLayout(False, 256), 32, 768, 12, 12, num_classes=1000)
+    m = GenerativeEncoder(RegisterLayout(False, 256), 32, width=768, depth=12, heads=12, num_classes=1000)
     n = sum(p.numel() for p in m.parameters())
     ada = sum(p.numel() for b in m.blocks for p in b.ada.parameters())
     # Table 7 gives 86.2M for the B encoder/denoiser; it matches our count without the per-block
@@ -96,8 +103,8 @@ def test_stop_gradient_blocks_flow_gradient_into_z0(stop_gradient, monkeypatch):
     captured = {}
     encode = model.encode
 
-    def spy(b):
-        z0 = encode(b)
+    def spy(b, regs=None):
+        z0 = encode(b, regs)
         z0.retain_grad()
         captured["z0"] = z0
         return z0
@@ -119,10 +126,20 @@ def test_loss_is_reconstruction_plus_sum_of_k_flow_passes():
     model = Unite(adapter, cfg)
     calls = []
     orig = model.denoiser.denoise
-    model.denoiser.denoise = lambda *a: calls.append(1) or orig(*a)
+    model.denoiser.denoise = lambda *a, **k: calls.append(1) or orig(*a, **k)
     loss, logs = model(batch)
     assert len(calls) == 3
     assert loss.item() == pytest.approx(logs["rec"].item() + logs["flow"].item(), rel=1e-6)
+
+
+def test_register_set_is_built_once_per_step(monkeypatch):
+    # K = 3 passes, each with a self-conditioning pass: every one reuses the step's register set
+    adapter, cfg, batch = toy_setup("flow.flow_batches=3", "flow.self_condition=1.0")
+    model = Unite(adapter, cfg).train()
+    calls, build = [], RegisterLayout.registers
+    monkeypatch.setattr(RegisterLayout, "registers", lambda self, *a: calls.append(1) or build(self, *a))
+    model(batch)
+    assert len(calls) == 1
 
 
 def test_decoder_noise_modes():
@@ -130,11 +147,12 @@ def test_decoder_noise_modes():
     model = Unite(adapter, cfg).train()
     z = torch.ones(4096, 1, cfg.model.latent_dim)
     mask = torch.ones(4096, 1, dtype=torch.bool)
-    out = model.decoder_noise(z, mask)
+    reg = model.registers(mask, 4096, z.device)
+    out = model.decoder_noise(z, reg)
     # z <- t z + (1 - t) eps with t ~ U[0.7, 1]: mean 0.85 z
     assert out.mean().item() == pytest.approx(0.85, abs=0.02)
     model.eval()
-    assert torch.equal(model.decoder_noise(z, mask), z)  # training only
+    assert torch.equal(model.decoder_noise(z, reg), z)  # training only
 
 
 def test_resolve_arch_overrides_preset():

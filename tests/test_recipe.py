@@ -28,10 +28,11 @@ def test_self_condition_projection_starts_at_zero():
     with_sc, without = ge(True), ge(False)
     without.load_state_dict({k: v for k, v in with_sc.state_dict().items() if not k.startswith("sc_embed")})
     x, t = torch.randn(2, 5, 4), torch.rand(2)
-    c, m = torch.zeros(2, dtype=torch.long), torch.ones(2, 5, dtype=torch.bool)
-    assert torch.equal(with_sc.denoise(x, t, c, m, torch.randn(2, 5, 4)), without.denoise(x, t, c, m))
+    c, m = torch.zeros(2, dtype=torch.long), with_sc.layout.registers(torch.ones(2, 5, dtype=torch.bool), 2, x.device)
+    sc = torch.randn(2, 5, 4)
+    assert torch.equal(with_sc.denoise(x, t, c, m, self_cond=sc), without.denoise(x, t, c, m))
     torch.nn.init.normal_(with_sc.sc_embed.weight)
-    assert not torch.allclose(with_sc.denoise(x, t, c, m, torch.randn(2, 5, 4)), without.denoise(x, t, c, m))
+    assert not torch.allclose(with_sc.denoise(x, t, c, m, self_cond=sc), without.denoise(x, t, c, m))
 
 
 def test_sampler_feeds_back_the_previous_prediction():
@@ -43,8 +44,8 @@ def test_sampler_feeds_back_the_previous_prediction():
         made.append(out)
         return out
 
-    sample_latents(denoise, torch.randn(3, 2, 4), torch.zeros(3, dtype=torch.long), 1, solver="heun", steps=3,
-                   self_condition=True)
+    sample_latents(denoise, torch.randn(3, 2, 4), cond=torch.zeros(3, dtype=torch.long), null=1, solver="heun",
+                   steps=3, self_condition=True)
     assert len(seen) == 6 and torch.equal(seen[0], torch.zeros(3, 2, 4))
     for i in range(1, 6):  # every evaluation sees the one before it
         assert torch.equal(seen[i], made[i - 1])
@@ -57,7 +58,7 @@ def test_training_pass_count_follows_probability(p, passes):
     calls = []
     x1 = model.encode(batch).detach()  # the same module when weights are shared: hook it afterwards
     model.denoiser.register_forward_hook(lambda *a: calls.append(torch.is_grad_enabled()))
-    model.flow_losses(x1, batch.cond, batch.mask)
+    model.flow_losses(x1, batch.cond, model.registers(batch.mask, len(batch.cond), x1.device))
     assert len(calls) == passes
     if passes == 2:
         assert calls == [False, True]  # the first pass carries no gradient
@@ -92,8 +93,8 @@ def test_sample_shift_override_reaches_the_sampler(tmp_path):
                                         "model.dec_depth=1", "model.dec_width=32", "model.dec_heads=2"])
     ckpt = train(cfg)["checkpoint"]
     for shift in (None, 2.0):
-        model, adapter, c = load_model(ckpt, overrides=[] if shift is None else [f"sample.shift={shift}"])
-        _, info = generate(model, adapter, c.sample, 4, progress=False)
+        loaded = load_model(ckpt, overrides=[] if shift is None else [f"sample.shift={shift}"])
+        _, info = generate(loaded.model, loaded.adapter, loaded.cfg.sample, 4, progress=False)
         assert info["time_shift"] == (cfg.flow.shift if shift is None else shift)
 
 

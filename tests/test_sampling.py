@@ -16,20 +16,20 @@ def linear_ode(x, t):
 def test_fixed_step_solvers_converge_at_their_order(solver, order, shift):
     x0 = torch.ones(1, 1, dtype=torch.float64)
     exact = math.exp(-1)
-    errs = [abs(integrate(linear_ode, x0, solver, n, shift)[0].item() - exact) for n in (20, 40, 80)]
+    errs = [abs(integrate(linear_ode, x0, solver=solver, steps=n, shift=shift)[0].item() - exact) for n in (20, 40, 80)]
     rates = [math.log2(errs[i] / errs[i + 1]) for i in range(2)]
     assert all(abs(r - order) < 0.15 for r in rates), (errs, rates)
 
 
 def test_heun_evaluations_count():
-    _, nfe = integrate(linear_ode, torch.ones(1, 1), "heun", 50)
+    _, nfe = integrate(linear_ode, torch.ones(1, 1), solver="heun", steps=50)
     assert nfe == 100  # 50 steps = 100 evaluations, as the paper counts
 
 
 def test_dopri5_within_tolerance_on_time_dependent_ode():
     x0 = torch.ones(3, 2, dtype=torch.float64)
     f = lambda x, t: 2 * t.view(-1, 1) * x  # noqa: E731  x(1) = x(0) e^{1}
-    x1, nfe = integrate(f, x0, "dopri5", shift=0.5, atol=1e-8, rtol=1e-6)
+    x1, nfe = integrate(f, x0, solver="dopri5", shift=0.5, atol=1e-8, rtol=1e-6)
     assert torch.allclose(x1, x0 * math.e, rtol=1e-5)
     assert nfe > 6
 
@@ -41,7 +41,7 @@ def test_cfg_only_inside_interval():
     x = torch.zeros(4, 2, 3, dtype=torch.float64)
     t = torch.tensor([0.05, 0.1, 0.5, 1.0], dtype=torch.float64)
     cond = torch.zeros(4, dtype=torch.long)
-    out = guided_prediction(predict, x, t, cond, null=9, scale=3.0, interval=(0.1, 1.0))
+    out = guided_prediction(predict, x, t, cond=cond, null=9, scale=3.0, interval=(0.1, 1.0))
     # t = 0.05 and t = 0.1 lie outside (0.1, 1.0]: conditional alone; inside: 0 + 3 (1 - 0) = 3
     assert out[:, 0, 0].tolist() == [1.0, 1.0, 3.0, 3.0]
 
@@ -53,6 +53,6 @@ def test_cfg_scale_one_is_plain_conditional():
         calls.append(len(c))
         return x + 1
 
-    out = guided_prediction(predict, torch.zeros(2, 1), torch.tensor([0.5, 0.5]), torch.zeros(2, dtype=torch.long),
-                            9, 1.0, (0.1, 1.0))
+    out = guided_prediction(predict, torch.zeros(2, 1), torch.tensor([0.5, 0.5]), cond=torch.zeros(2, dtype=torch.long),
+                            null=9, scale=1.0, interval=(0.1, 1.0))
     assert calls == [2] and torch.equal(out, torch.ones(2, 1))

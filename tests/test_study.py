@@ -23,7 +23,7 @@ def test_summary_gives_mean_and_range():
 
 
 def test_unknown_option_and_candidate_are_refused(tmp_path):
-    with pytest.raises(UserError, match="unknown study option 'seed'"):
+    with pytest.raises(UserError, match=r"benchmark option 'seed': unknown, valid: seeds, "):
         study("toy", "t", CANDIDATES, str(tmp_path), [0.02], 4, ["seed=1"])
     with pytest.raises(UserError, match="unknown candidate 'nope'"):
         study("toy", "t", CANDIDATES, str(tmp_path), [0.02], 4, ["candidates=nope"])

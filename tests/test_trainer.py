@@ -9,6 +9,7 @@ from unite_sci.config import OptimConfig, build_config
 from unite_sci.errors import UserError
 from unite_sci.testing import TINY
 from unite_sci.trainer import EMA, StepBatchSampler, Trainer, lr_at
+from unite_sci.unite import Phase
 from unite_sci_modalities.toy import ToyAdapter, ToyConfig
 
 
@@ -53,6 +54,7 @@ def test_checkpoint_loads_weights_only_and_holds_everything(tmp_path):
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert {"model", "ema", "optimizers", "step", "rng", "config", "modality", "phase"} <= set(state)
     assert state["step"] == 8 and "model:" in state["config"]
+    assert type(state["phase"]) is str and Phase(state["phase"]) is Phase.JOINT  # plain string on disk
 
 
 def test_atomic_save_survives_interrupted_write(tmp_path, monkeypatch):
@@ -126,6 +128,19 @@ def test_two_stage_freezes_the_tokenizer_in_phase_two(tmp_path):
     assert any(not torch.equal(final[k], enc_before[k]) for k in final)  # it did load the trained one
     # the EMA warm-up restarted at the switch (step 4 of 8): 4 updates in phase two, not 8
     assert tr2.ema.updates == 4 and tr2.phase_start == 4
+
+
+def test_enter_phase_is_the_one_switch(tmp_path):
+    tr = make_trainer(tmp_path, "train.mode=two_stage", "model.shared_weights=false")
+    assert tr.phase is Phase.TOKENIZER and tr.model.phase is Phase.TOKENIZER
+    tr.step, tr.ema.updates = 3, 5
+    tr.enter_phase(Phase.DENOISER)
+    assert tr.model.phase is Phase.DENOISER and tr.phase_start == 3 and tr.ema.updates == 0
+    trained = {id(p) for o in tr.optimizers for g in o.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in tr.model.denoiser.parameters()}
+    assert not any(p.requires_grad for p in tr.model.encoder.parameters())
+    with pytest.raises(AttributeError):
+        tr.phase = Phase.JOINT  # read from the model: enter_phase alone changes it
 
 
 def test_nonfinite_steps_are_skipped_then_abort(tmp_path, monkeypatch):

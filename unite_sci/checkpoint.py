@@ -1,13 +1,12 @@
 """Checkpoints: one file per save, written atomically, loadable with ``weights_only=True``.
 
-A save writes ``step_XXXXXXXX.pt.tmp``, flushes and fsyncs it, renames it over the final name and
-fsyncs the folder, so a crash leaves either the previous set of complete checkpoints or the new one,
-never a half-written file under a valid name. ``last.pt`` is a copy of the newest (same procedure).
+A save goes through :func:`unite_sci.files.atomic_write` (a ``step_XXXXXXXX.pt.<pid>-<tag>.tmp`` file,
+flushed, fsynced, renamed over the final name, folder fsynced), so a crash leaves either the previous
+set of complete checkpoints or the new one, never a half-written file under a valid name. ``last.pt``
+is a copy of the newest (same procedure).
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,36 +14,17 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .files import atomic_write
 
 FORMAT = "unite-sci/1"
 _STEP_RE = re.compile(r"^step_(\d{8})\.pt$")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file + fsync + rename. Raises UserError on a full/readonly disk."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    """torch.save through :func:`atomic_write`. Raises UserError on a full/readonly disk."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        atomic_write(path, lambda fh: torch.save(obj, fh), binary=True)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write checkpoint '{path}': {e.strerror or e}") from None
 
 
@@ -92,12 +72,3 @@ def latest_complete(ckpt_dir: Path) -> dict[str, Any] | None:
         state["path"] = str(path)
         return state
     return None
-
-
-def file_hash(path: Path) -> str:
-    """Short sha256 of a file, recorded in every metrics file next to the numbers it produced."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]

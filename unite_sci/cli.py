@@ -118,7 +118,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .engine import evaluate_path, write_json
+    from .engine import evaluate_path
+    from .files import json_ready, write_json
 
     over = ([f"data.data_dir={args.data_dir}"] if args.data_dir else []) + list(args.overrides)
     per_sample = args.per_sample
@@ -127,7 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     metrics = evaluate_path(args.modality, args.samples, per_sample, over)
     if args.out:
         write_json(metrics, args.out)
-    print(json.dumps(metrics, indent=2, default=str))
+    print(json.dumps(json_ready(metrics), indent=2, default=str))  # the same JSON as the file: NaN as null
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:

@@ -2,20 +2,56 @@
 
 Every default is the paper's value (SPEC) unless it is a CPU convenience, which says so. A modality
 adds its own schema under ``data`` (the adapter's ``config_class``). Unknown keys, wrong types and
-out-of-range values raise :class:`ConfigError` naming the key.
+out-of-range values raise :class:`ConfigError` naming the key. Choices and ranges are declared on the fields
+and checked by one walker (``schema.py``), which benchmarks' own options go through too (:func:`parse_options`).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional, Sequence, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .errors import ConfigError
+from .schema import Choice, check, field_types, non_negative, positive, ranged, unit_interval
+
+T = TypeVar("T")
+
+
+class NoiseMode(Choice):
+    interpolate = "interpolate"
+    additive = "additive"
+    none = "none"
+
+
+class OptimName(Choice):
+    adamw = "adamw"
+    muon = "muon"
+
+
+class Schedule(Choice):
+    cosine = "cosine"
+    constant = "constant"
+
+
+class TrainMode(Choice):
+    single_stage = "single_stage"
+    two_stage = "two_stage"
+
+
+class Precision(Choice):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Solver(Choice):
+    euler = "euler"
+    heun = "heun"
+    dopri5 = "dopri5"
 
 
 @dataclass
@@ -27,91 +63,97 @@ class ModelConfig:
     dec_depth: Optional[int] = None
     dec_width: Optional[int] = None
     dec_heads: Optional[int] = None
-    latent_dim: int = 16                # C: channels per register (paper: 16 atoms, 32 images)
+    latent_dim: int = positive(16)      # C: channels per register (paper: 16 atoms, 32 images)
     mlp_ratio: float = 4.0
     time_freqs: int = 256
     rope_theta: float = 10000.0
-    in_context_tokens: int = 0          # public image code: 32 copies of the condition from block 4
+    in_context_tokens: int = non_negative(0)  # public image code: 32 copies of the condition from block 4
     in_context_start: int = 4
     shared_weights: bool = True         # ablation: False = separate encoder and denoiser
+
+    def constraints(self) -> Iterator[tuple[str, str]]:
+        from .model import PRESETS  # the model module loads torch: not needed to read a config
+
+        if self.preset not in PRESETS:
+            yield "preset", f"{self.preset!r} is not one of {', '.join(PRESETS)}"
 
 
 @dataclass
 class FlowConfig:
-    shift: float = 0.5                  # a in t' = a t / (1 + (a - 1) t)
+    shift: float = positive(0.5)        # a in t' = a t / (1 + (a - 1) t)
     logit_mean: float = 0.0
     logit_std: float = 1.0
-    clamp: float = 0.05                 # max(1 - t, clamp) in velocity and loss weight
-    flow_batches: int = 1               # K flow passes per step (paper 14; 1-3 on CPU)
+    clamp: float = positive(0.05)       # max(1 - t, clamp) in velocity and loss weight
+    flow_batches: int = positive(1)     # K flow passes per step (paper 14; 1-3 on CPU)
     stop_gradient: bool = True          # ablation: False lets the flow loss shape z0
-    label_dropout: float = 0.1
-    tokenize_t_max: float = 0.01        # tokenize mode uses t ~ U[0, tokenize_t_max]
-    self_condition: float = 0.0         # probability of self-conditioning a flow pass on its own detached
+    label_dropout: float = unit_interval(0.1)
+    tokenize_t_max: float = unit_interval(0.01)  # tokenize mode uses t ~ U[0, tokenize_t_max]
+    self_condition: float = unit_interval(0.0)  # probability of self-conditioning a flow pass on its own detached
                                         # x-prediction (ADiT: 0.5); > 0 adds the input projection to the GE
 
 
 @dataclass
 class DecoderNoiseConfig:
-    mode: str = "interpolate"           # interpolate (public code) | additive (paper text) | none
-    prob: float = 0.5
-    t_min: float = 0.7                  # interpolate: z <- t z + (1 - t) eps, t ~ U[t_min, 1]
+    mode: NoiseMode = NoiseMode.interpolate  # interpolate (public code) | additive (paper text) | none
+    prob: float = unit_interval(0.5)
+    t_min: float = unit_interval(0.7)   # interpolate: z <- t z + (1 - t) eps, t ~ U[t_min, 1]
     sigma: float = 0.7                  # additive: z <- z + sigma eps
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"                 # adamw | muon (Muon on 2-D block weights, AdamW on the rest)
-    lr: float = 1e-4
+    name: OptimName = OptimName.adamw   # adamw | muon (Muon on 2-D block weights, AdamW on the rest)
+    lr: float = non_negative(1e-4)
     lr_reference_batch: int = 0         # >0: lr scaled by batch / reference (paper: 384)
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
-    schedule: str = "cosine"            # cosine | constant (after warmup)
-    warmup_steps: int = 100
+    schedule: Schedule = Schedule.cosine  # cosine | constant (after warmup)
+    warmup_steps: int = non_negative(100)
     min_lr: float = 1e-6
-    grad_clip: float = 3.0              # global gradient-norm clip; 0 = off
-    ema_decay: float = 0.9978
+    grad_clip: float = non_negative(3.0)  # global gradient-norm clip; 0 = off
+    ema_decay: float = ranged(0.9978, lo=0, hi=1, open_lo=True)
     ema_warmup: bool = True             # decay min(ema_decay, (1+n)/(10+n)): short runs forget the init
 
 
 @dataclass
 class TrainConfig:
-    mode: str = "single_stage"          # single_stage (UNITE) | two_stage (tokenizer, then denoiser)
-    tokenizer_fraction: float = 0.5     # two_stage: share of the budget spent on the tokenizer
-    batch_size: int = 64
-    max_steps: int = 0                  # 0: no step limit (then budget_minutes must be set)
-    budget_minutes: float = 0.0         # 0: no time limit
+    mode: TrainMode = TrainMode.single_stage  # single_stage (UNITE) | two_stage (tokenizer, then denoiser)
+    tokenizer_fraction: float = unit_interval(0.5)  # two_stage: share of the budget spent on the tokenizer
+    batch_size: int = positive(64)
+    max_steps: int = non_negative(0)    # 0: no step limit (then budget_minutes must be set)
+    budget_minutes: float = non_negative(0.0)  # 0: no time limit
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"             # fp32 | bf16 (autocast)
+    precision: Precision = Precision.fp32  # fp32 | bf16 (autocast)
     compile: bool = False               # torch.compile the training forward (fuses element-wise ops)
-    threads: int = 0                    # CPU threads for torch; 0 = all cores
-    num_workers: int = 0                # data-loading processes
-    bucket_batches: int = 0             # >1: sort runs of this many batches by item size (less padding)
-    log_every: int = 25
-    ckpt_every: int = 1000              # steps
+    threads: int = non_negative(0)      # CPU threads for torch; 0 = all cores
+    num_workers: int = non_negative(0)  # data-loading processes
+    bucket_batches: int = non_negative(0)  # >1: sort runs of this many batches by item size (less padding)
+    log_every: int = positive(25)
+    ckpt_every: int = positive(1000)    # steps
     ckpt_every_minutes: float = 5.0
-    keep_checkpoints: int = 3
-    max_nonfinite: int = 20             # abort after this many non-finite steps in a row
+    keep_checkpoints: int = positive(3)
+    max_nonfinite: int = positive(20)   # abort after this many non-finite steps in a row
     progress: bool = True
-    sample_every: int = 0               # >0: every n steps, sample with the EMA weights and log the
+    sample_every: int = non_negative(0)  # >0: every n steps, sample with the EMA weights and log the
                                         # adapter's quick_metrics (rank 0; counts toward budget_minutes)
-    sample_num: int = 200               # samples per such check
-    sample_steps: int = 0               # solver steps of those samples; 0: sample.steps
+    sample_num: int = positive(200)     # samples per such check
+    sample_steps: int = non_negative(0)  # solver steps of those samples; 0: sample.steps
 
 
 @dataclass
 class SampleConfig:
-    solver: str = "heun"                # euler | heun | dopri5
-    steps: int = 50
+    solver: Solver = Solver.heun        # euler | heun | dopri5
+    steps: int = positive(50)
     cfg: float = 1.0                    # guidance scale w; 1 = no guidance
     cfg_interval: list = field(default_factory=lambda: [0.1, 1.0])
     atol: float = 1e-6
     rtol: float = 1e-3
-    num: int = 1000
-    batch_size: int = 500
+    num: int = positive(1000)
+    batch_size: int = positive(500)
     seed: int = 0
     use_ema: bool = True
-    shift: Optional[float] = None       # time shift of the sampler's grid; None: the training flow.shift
+    shift: Optional[float] = positive(None)  # time shift of the sampler's grid; None: the training flow.shift
 
 
 @dataclass
@@ -126,73 +168,19 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     data: Any = None                    # the adapter's own dataclass
 
-
-CHOICES = {
-    "decoder_noise.mode": ("interpolate", "additive", "none"),
-    "optim.name": ("adamw", "muon"),
-    "optim.schedule": ("cosine", "constant"),
-    "train.mode": ("single_stage", "two_stage"),
-    "train.precision": ("fp32", "bf16"),
-    "sample.solver": ("euler", "heun", "dopri5"),
-}
-POSITIVE = ("flow.flow_batches", "train.batch_size", "sample.steps", "sample.num", "sample.batch_size",
-            "model.latent_dim", "flow.clamp", "flow.shift", "optim.ema_decay", "train.log_every",
-            "train.ckpt_every", "train.keep_checkpoints", "train.max_nonfinite", "train.sample_num")
-NON_NEGATIVE = ("train.max_steps", "train.budget_minutes", "optim.lr", "optim.warmup_steps",
-                "optim.grad_clip", "train.threads", "train.num_workers", "train.bucket_batches",
-                "model.in_context_tokens", "train.sample_every", "train.sample_steps")
-UNIT_INTERVAL = ("flow.label_dropout", "decoder_noise.prob", "decoder_noise.t_min",
-                 "train.tokenizer_fraction", "optim.ema_decay", "flow.tokenize_t_max", "flow.self_condition")
-
-
-def _get(cfg: RunConfig, key: str) -> Any:
-    obj: Any = cfg
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _floats(node: Any, key: str = "") -> list[tuple[str, float]]:
-    """Every float setting (nested dataclasses, lists and tuples included) as (dotted key, value)."""
-    if dataclasses.is_dataclass(node):
-        return [kv for f in dataclasses.fields(node)
-                for kv in _floats(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)]
-    if isinstance(node, (list, tuple)):
-        return [kv for i, v in enumerate(node) for kv in _floats(v, f"{key}[{i}]")]
-    return [(key, node)] if isinstance(node, float) else []
+    def constraints(self) -> Iterator[tuple[str, str]]:
+        lo, hi = self.sample.cfg_interval
+        if not 0.0 <= lo <= hi <= 1.0:
+            yield "sample.cfg_interval", f"need 0 <= lo <= hi <= 1, got {[lo, hi]}"
+        if self.train.mode == "two_stage" and self.model.shared_weights:
+            yield "model.shared_weights", ("two_stage training needs a separate denoiser, set "
+                                           "model.shared_weights=false")
 
 
 def validate(cfg: RunConfig) -> None:
-    """Range and choice checks that a type schema cannot express."""
-    from .model import PRESETS
-
-    for key, value in _floats(cfg):
-        if not math.isfinite(value):
-            raise ConfigError(f"config key '{key}': must be a finite number, got {value}")
-    for key, choices in CHOICES.items():
-        if _get(cfg, key) not in choices:
-            raise ConfigError(f"config key '{key}': {_get(cfg, key)!r} is not one of {', '.join(choices)}")
-    if cfg.model.preset not in PRESETS:
-        raise ConfigError(f"config key 'model.preset': {cfg.model.preset!r} is not one of {', '.join(PRESETS)}")
-    for key in POSITIVE:
-        if not _get(cfg, key) > 0:
-            raise ConfigError(f"config key '{key}': must be > 0, got {_get(cfg, key)}")
-    for key in NON_NEGATIVE:
-        if not _get(cfg, key) >= 0:
-            raise ConfigError(f"config key '{key}': must be >= 0, got {_get(cfg, key)}")
-    for key in UNIT_INTERVAL:
-        if not 0.0 <= _get(cfg, key) <= 1.0:
-            raise ConfigError(f"config key '{key}': must lie in [0, 1], got {_get(cfg, key)}")
-    if cfg.sample.shift is not None and not cfg.sample.shift > 0:
-        raise ConfigError(f"config key 'sample.shift': must be > 0, got {cfg.sample.shift}")
-    lo, hi = cfg.sample.cfg_interval
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ConfigError(f"config key 'sample.cfg_interval': need 0 <= lo <= hi <= 1, got {[lo, hi]}")
-    if cfg.train.mode == "two_stage" and cfg.model.shared_weights:
-        raise ConfigError("config key 'model.shared_weights': two_stage training needs a separate "
-                          "denoiser, set model.shared_weights=false")
-    if hasattr(cfg.data, "validate"):
-        cfg.data.validate()
+    """Check every rule declared on the schema (choices, ranges, ``constraints()``), the adapter's ``data``
+    section included; the first broken one is a ConfigError naming its key."""
+    check(cfg)
 
 
 def build_config(modality: str, data_schema: type, files: list[str | Path] = (),
@@ -223,9 +211,7 @@ def build_config(modality: str, data_schema: type, files: list[str | Path] = (),
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg: RunConfig = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        msg = str(getattr(e, "msg", e)).splitlines()[0]
-        raise ConfigError(f"config key '{key}': {msg} ({where})" if key else f"{where}: {msg}") from None
+        raise _refusal(e, where) from None
     except Exception as e:  # yaml syntax errors and bad encodings carry no key: name the file
         if isinstance(e, ConfigError):
             raise
@@ -236,6 +222,43 @@ def build_config(modality: str, data_schema: type, files: list[str | Path] = (),
         raise ConfigError(f"config key 'modality': the file says {cfg.modality!r}, the command {modality!r}")
     validate(cfg)
     return cfg
+
+
+def parse_options(schema: type[T], words: Sequence[str], what: str = "benchmark option") -> tuple[T, list[str]]:
+    """A benchmark's ``key=value`` words: dot-less keys fill ``schema`` (a dataclass of options, merged and
+    checked as the run config is, with the same one-line refusals); dotted keys are run-config overrides,
+    returned as given for :func:`build_config`.
+
+    A list option takes comma-separated values (``seeds=0,1``, ``eval=`` for none) or a YAML list.
+    """
+    bad = [w for w in words if "=" not in w]
+    if bad:
+        raise ConfigError(f"{what} {bad[0]!r} is not of the form key=value")
+    hints = field_types(schema)
+    dotlist = []
+    for word in words:
+        key, value = word.split("=", 1)
+        if "." not in key:
+            listed = typing.get_origin(hints.get(key)) is list and not value.startswith("[")
+            dotlist.append(f"{key}=[{value}]" if listed else word)
+    try:
+        opts = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(dotlist)))
+    except OmegaConfBaseException as e:
+        raise _refusal(e, "", what) from None
+    check(opts, what)
+    return opts, [w for w in words if "." in w.split("=", 1)[0]]
+
+
+def _refusal(e: OmegaConfBaseException, where: str, what: str = "config key") -> ConfigError:
+    """omegaconf's error as one line naming the key; an unknown key also lists the valid ones."""
+    key = getattr(e, "full_key", None)
+    msg = str(getattr(e, "msg", e)).splitlines()[0]
+    owner = getattr(e, "object_type", None)
+    if isinstance(e, ConfigKeyError) and dataclasses.is_dataclass(owner):
+        msg = f"unknown, valid: {', '.join(f.name for f in dataclasses.fields(owner))}"
+    if not key:
+        return ConfigError(f"{where or what}: {msg}")
+    return ConfigError(f"{what} '{key}': {msg}" + (f" ({where})" if where else ""))
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -2,25 +2,25 @@
 
     cfg = load_config("toy", overrides=["train.max_steps=200"])
     summary = train(cfg)
-    model, adapter, cfg = load_model(summary["checkpoint"])
-    samples, info = generate(model, adapter, cfg.sample)
+    loaded = load_model(summary["checkpoint"])  # a LoadedModel: model, adapter, cfg and checkpoint facts
+    samples, info = generate(loaded.model, loaded.adapter, loaded.cfg.sample)
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .adapter import Adapter, get_adapter_class
-from .checkpoint import file_hash, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import RunConfig, SampleConfig, build_config, from_yaml, to_yaml
 from .errors import UserError
+from .files import file_hash, write_json
 from .model import CPU_PRESETS
 from .sampling import sample_latents
 from .trainer import Trainer, resolve_device
@@ -48,12 +48,35 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     return Trainer(cfg, adapter, Path(cfg.out)).fit(resume=resume)
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """What :func:`load_model` rebuilds from a checkpoint, and the facts every report records about it."""
+
+    model: Unite  # in eval mode, on the requested device
+    adapter: Adapter
+    cfg: RunConfig  # the checkpoint's config with any sample.* / data.* overrides
+    checkpoint: str  # the path as given
+    checkpoint_sha256: str  # short hash of the file
+    train_steps: int
+    train_wall_s: float
+    ema: bool  # True: the EMA weights were loaded
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        """The checkpoint facts as recorded in metrics and sample files."""
+        return {"checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256,
+                "train_steps": self.train_steps, "train_wall_s": self.train_wall_s, "ema": self.ema}
+
+
 def load_model(checkpoint: str | Path, device: str = "auto", use_ema: bool | None = None,
-               overrides: list[str] = ()) -> tuple[Unite, Adapter, RunConfig]:
+               overrides: list[str] = ()) -> LoadedModel:
     """Rebuild model and adapter from a checkpoint (EMA weights unless ``sample.use_ema`` says otherwise,
     or ``use_ema`` is given), in eval mode.
 
     ``overrides`` may change sampling and data settings (``sample.*``, ``data.*``), not the model.
+
+        loaded = load_model("runs/toy/checkpoints/last.pt", overrides=["sample.steps=10"])
+        samples, info = generate(loaded.model, loaded.adapter, loaded.cfg.sample)
+        loaded.train_steps, loaded.ema  # also in provenance(loaded), beside every reported number
     """
     state = load_checkpoint(Path(checkpoint))
     cls = get_adapter_class(state["modality"])
@@ -78,10 +101,9 @@ def load_model(checkpoint: str | Path, device: str = "auto", use_ema: bool | Non
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(state["ema"][name])
-    model.ckpt_info = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_hash(Path(checkpoint)),
-                       "train_steps": state["step"], "train_wall_s": round(state["elapsed"], 1),
-                       "ema": use_ema}
-    return model.to(resolve_device(device)).eval(), adapter, cfg
+    return LoadedModel(model=model.to(resolve_device(device)).eval(), adapter=adapter, cfg=cfg,
+                       checkpoint=str(checkpoint), checkpoint_sha256=file_hash(checkpoint)[:16],
+                       train_steps=state["step"], train_wall_s=round(state["elapsed"], 1), ema=use_ema)
 
 
 @torch.no_grad()
@@ -106,16 +128,17 @@ def generate(model: Unite, adapter: Adapter, scfg: SampleConfig, num: int | None
         k = mask.shape[1] + adapter.layout.extra if mask is not None else adapter.layout.count
         noise = torch.randn(hi - lo, k, model.cfg.model.latent_dim, generator=gen).to(device)
         mask = mask.to(device) if mask is not None else None
+        regs = model.registers(mask, hi - lo, device)
 
-        def denoise(x, t, c, sc=None, m=mask):  # guidance doubles the batch: repeat the mask with it
-            return model.denoiser.denoise(x, t, c, None if m is None else m.repeat(x.shape[0] // m.shape[0], 1), sc)
+        def denoise(x, t, c, sc=None, r=regs):  # guidance doubles the batch: repeat the registers with it
+            return model.denoiser.denoise(x, t, c, r.repeat(x.shape[0] // r.mask.shape[0]), self_cond=sc)
 
-        z, nfe = sample_latents(denoise, noise, cond[lo:hi].to(device), model.encoder.null_class,
-                                scfg.solver, scfg.steps, shift, model.cfg.flow.clamp,
-                                scfg.cfg, tuple(scfg.cfg_interval), scfg.atol, scfg.rtol,
-                                self_condition=model.cfg.flow.self_condition > 0)
+        z, nfe = sample_latents(denoise, noise, cond=cond[lo:hi].to(device), null=model.encoder.null_class,
+                                solver=scfg.solver, steps=scfg.steps, shift=shift, clamp=model.cfg.flow.clamp,
+                                cfg=scfg.cfg, cfg_interval=tuple(scfg.cfg_interval), atol=scfg.atol,
+                                rtol=scfg.rtol, self_condition=model.cfg.flow.self_condition > 0)
         nfe_total += nfe
-        out.extend(adapter.to_domain(model.decode(z, mask), mask))
+        out.extend(adapter.to_domain(model.decode(z, mask, regs), mask))
     wall = time.time() - t0
     info = {"num_samples": num, "solver": scfg.solver, "steps": scfg.steps, "time_shift": shift, "cfg_scale": scfg.cfg,
             "cfg_interval": list(scfg.cfg_interval), "seed": scfg.seed, "nfe_per_batch": nfe_total /
@@ -142,8 +165,9 @@ def reconstruct(model: Unite, adapter: Adapter, split: str = "test", num: int = 
     return inputs, recons
 
 
-def provenance(model: Unite | None = None, cfg: RunConfig | None = None) -> dict[str, Any]:
-    """What every metrics file records beside its numbers (SPEC section 9)."""
+def provenance(loaded: LoadedModel | None = None) -> dict[str, Any]:
+    """What every metrics file records beside its numbers (SPEC section 9); with ``loaded``, the
+    checkpoint's facts and the model's size as well."""
     import importlib.metadata as md
 
     versions = {}
@@ -153,10 +177,9 @@ def provenance(model: Unite | None = None, cfg: RunConfig | None = None) -> dict
         except md.PackageNotFoundError:
             pass
     info: dict[str, Any] = {"library_versions": versions, "machine": machine_description()}
-    if model is not None:
-        info.update(getattr(model, "ckpt_info", {}))
-    if cfg is not None:
-        arch = resolve_arch(cfg)
+    if loaded is not None:
+        info.update(loaded.checkpoint_info())
+        cfg, arch = loaded.cfg, resolve_arch(loaded.cfg)
         info["model"] = {"preset": cfg.model.preset, "cpu_preset": cfg.model.preset in CPU_PRESETS,
                          **asdict(arch), "latent_dim": cfg.model.latent_dim,
                          "shared_weights": cfg.model.shared_weights, "train_mode": cfg.train.mode}
@@ -186,33 +209,21 @@ def evaluate_path(modality: str, samples: str, per_sample_csv: str | None = None
     return metrics
 
 
-def write_json(obj: Any, path: Path) -> None:
-    """Atomic JSON write; UserError naming the path when the folder cannot be written."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(obj, indent=2, default=str))
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
-        raise UserError(f"cannot write '{path}': {e.strerror or e}") from None
-
-
 def sample_to_disk(checkpoint: str, out: str, num: int, overrides: dict[str, Any]) -> dict[str, Any]:
     """CLI ``sample``: load, generate, export in the modality's formats, record the settings."""
-    model, adapter, cfg = load_model(checkpoint)
+    loaded = load_model(checkpoint)
+    adapter, cfg = loaded.adapter, loaded.cfg
     scfg = cfg.sample
     for k, v in overrides.items():
         if v is not None:
             setattr(scfg, k, v)
-    samples, info = generate(model, adapter, scfg, num)
+    samples, info = generate(loaded.model, adapter, scfg, num)
     out_dir = Path(out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output folder '{out_dir}': {e.strerror or e}") from None
     files = adapter.export(samples, out_dir)
-    meta = {**info, **provenance(model, cfg), "files": [str(f) for f in files], "config": to_yaml(cfg)}
+    meta = {**info, **provenance(loaded), "files": [str(f) for f in files], "config": to_yaml(cfg)}
     write_json(meta, out_dir / "samples_meta.json")
     return meta

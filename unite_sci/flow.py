@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .reduce import masked_mean
+
 
 def shift_time(t: Tensor, alpha: float = 0.5) -> Tensor:
     """Noise-schedule shift ``t' = a t / (1 + (a - 1) t)``.
@@ -62,6 +64,4 @@ def flow_loss(x1_hat: Tensor, x1: Tensor, t: Tensor, clamp: float = 0.05,
     err = (x1 - x1_hat).pow(2) * w  # (B, K, C)
     if mask is None:
         return err.mean()
-    m = mask.to(err.dtype).unsqueeze(-1)  # (B, K, 1)
-    per_sample = (err * m).sum((1, 2)) / (m.sum((1, 2)) * err.shape[-1]).clamp_min(1.0)  # (B,)
-    return per_sample.mean()
+    return masked_mean(err, mask.unsqueeze(-1)).mean()  # (B, K, C) over (B, K, 1) -> (B,) -> scalar

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,18 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- layout
+class Registers(NamedTuple):
+    """The register set of one batch: built once per batch by whoever holds it and passed down, so a
+    training step does not rebuild it in every pass."""
+
+    mask: Tensor  # (B, K) bool, True = real register
+    pos: Tensor  # (B, K) long, index into the register tables
+
+    def repeat(self, n: int) -> "Registers":
+        """The same set for a batch stacked n times (guidance runs conditional and null rows together)."""
+        return Registers(self.mask.repeat(n, 1), self.pos.repeat(n, 1))
+
+
 @dataclass(frozen=True)
 class RegisterLayout:
     """How many registers (latent tokens) a sample gets, chosen by the adapter.
@@ -70,17 +83,17 @@ class RegisterLayout:
     def table_size(self) -> int:
         return self.count + self.extra
 
-    def registers(self, elem_mask: Tensor | None, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    def registers(self, elem_mask: Tensor | None, batch: int, device: torch.device) -> Registers:
         """Register mask (B, K) bool and positions (B, K) long for a batch."""
         if not self.per_element:
             pos = torch.arange(self.count, device=device).expand(batch, -1)
-            return torch.ones(batch, self.count, dtype=torch.bool, device=device), pos
+            return Registers(torch.ones(batch, self.count, dtype=torch.bool, device=device), pos)
         if elem_mask is None:
             raise ValueError("a per-element register layout needs the element mask")
         n = elem_mask.shape[1]
         pos = torch.cat([torch.arange(n, device=device), self.count + torch.arange(self.extra, device=device)])
         extra = torch.ones(batch, self.extra, dtype=torch.bool, device=device)
-        return torch.cat([elem_mask, extra], dim=1), pos.expand(batch, -1)
+        return Registers(torch.cat([elem_mask, extra], dim=1), pos.expand(batch, -1))
 
     def token_positions(self, num_tokens: int, batch: int, device: torch.device) -> Tensor:
         """Positions (B, N) of input tokens: shared with their register, or after the K registers."""
@@ -195,10 +208,10 @@ class GenerativeEncoder(nn.Module):
     modes only choose what goes in.
     """
 
-    def __init__(self, layout: RegisterLayout, latent_dim: int, width: int, depth: int, heads: int,
+    def __init__(self, layout: RegisterLayout, latent_dim: int, *, width: int, depth: int, heads: int,
                  num_classes: int = 0, mlp_ratio: float = 4.0, time_freqs: int = 256,
                  rope_theta: float = 1e4, in_context_tokens: int = 0, in_context_start: int = 4,
-                 tokenize_t_max: float = 0.01, *, self_condition: bool = False):
+                 tokenize_t_max: float = 0.01, self_condition: bool = False):
         super().__init__()
         self.layout, self.latent_dim, self.width = layout, latent_dim, width
         self.rope_theta, self.heads = rope_theta, heads
@@ -238,15 +251,19 @@ class GenerativeEncoder(nn.Module):
     def null_class(self) -> int:
         return self.y_embed.null
 
-    def forward(self, registers: Tensor, t: Tensor, cond: Tensor, reg_mask: Tensor, reg_pos: Tensor,
+    def forward(self, registers: Tensor, t: Tensor, cond: Tensor, *, regs: Registers,
                 tokens: Tensor | None = None, tok_mask: Tensor | None = None,
                 tok_pos: Tensor | None = None, self_cond: Tensor | None = None) -> Tensor:
         """registers (B, K, C), t (B,), cond (B,) long, masks bool True = real -> latents (B, K, C).
+
+        ``regs``: the batch's register mask and positions (``layout.registers``); ``tokens`` (B, N, d) with
+        ``tok_mask`` and ``tok_pos`` (B, N) join the sequence in tokenize mode.
 
         ``self_cond`` (B, K, C): the previous clean-latent prediction (self-conditioning); zeros when there is
         none yet (as in training); None adds nothing (tokenize mode, or a model built without it).
         """
         b, k, _ = registers.shape
+        reg_mask, reg_pos = regs
         x = self.x_embed(registers) + self.reg_embed[reg_pos]  # (B, K, d)
         if self.sc_embed is not None and self_cond is not None:
             x = x + self.sc_embed(self_cond)  # (B, K, d)
@@ -276,31 +293,31 @@ class GenerativeEncoder(nn.Module):
         rope = rope_tables(pos, self.width // self.heads, self.rope_theta)
         return torch.cat([ctx, x], 1), rope, mask[:, None, None, :]
 
-    def tokenize(self, tokens: Tensor, tok_mask: Tensor, elem_mask: Tensor | None,
+    def tokenize(self, tokens: Tensor, tok_mask: Tensor, regs: Registers, *,
                  noise: Tensor | None = None, t: Tensor | None = None) -> Tensor:
         """Input tokens (B, N, d) -> clean latents z0 (B, K, C); registers start from N(0, I).
 
-        ``noise`` (B, K, C) and ``t`` (B,) may be given (the trainer draws them shard-consistently).
+        ``regs``: the batch's ``layout.registers``. ``noise`` (B, K, C) and ``t`` (B,) may be given (the
+        trainer draws them shard-consistently).
         """
         b, n, _ = tokens.shape
-        reg_mask, reg_pos = self.layout.registers(elem_mask, b, tokens.device)
         if noise is None:
-            noise = torch.randn(b, reg_mask.shape[1], self.latent_dim, device=tokens.device)
+            noise = torch.randn(b, regs.mask.shape[1], self.latent_dim, device=tokens.device)
         if t is None:
             t = torch.rand(b, device=tokens.device)
         t = t * self.tokenize_t_max  # the noise end of the path
         null = torch.full((b,), self.null_class, dtype=torch.long, device=tokens.device)
         tok_pos = self.layout.token_positions(n, b, tokens.device)
-        return self(noise, t, null, reg_mask, reg_pos, tokens, tok_mask, tok_pos)
+        return self(noise, t, null, regs=regs, tokens=tokens, tok_mask=tok_mask, tok_pos=tok_pos)
 
-    def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor, elem_mask: Tensor | None,
+    def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor, regs: Registers, *,
                 self_cond: Tensor | None = None) -> Tensor:
         """Noisy latents x_t (B, K, C) at flow time t (B,) -> predicted clean latents (B, K, C).
 
-        ``self_cond`` (B, K, C) is the previous prediction when the model was built with self-conditioning.
+        ``regs``: the batch's ``layout.registers``. ``self_cond`` (B, K, C) is the previous prediction when
+        the model was built with self-conditioning.
         """
-        reg_mask, reg_pos = self.layout.registers(elem_mask, x_t.shape[0], x_t.device)
-        return self(x_t, t, cond, reg_mask, reg_pos, self_cond=self_cond)
+        return self(x_t, t, cond, regs=regs, self_cond=self_cond)
 
 
 # ----------------------------------------------------------------------------- decoder
@@ -327,7 +344,7 @@ class LatentDecoder(nn.Module):
     table (images: a 2-D grid).
     """
 
-    def __init__(self, layout: RegisterLayout, latent_dim: int, width: int, depth: int, heads: int,
+    def __init__(self, layout: RegisterLayout, latent_dim: int, *, width: int, depth: int, heads: int,
                  mlp_ratio: float = 4.0, pos_table: Tensor | None = None):
         super().__init__()
         self.layout = layout
@@ -337,10 +354,10 @@ class LatentDecoder(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(width, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
 
-    def forward(self, z: Tensor, elem_mask: Tensor | None) -> Tensor:
-        reg_mask, reg_pos = self.layout.registers(elem_mask, z.shape[0], z.device)
-        x = self.embed(z) + self.pos[reg_pos]  # (B, K, d)
-        attn_mask = reg_mask[:, None, None, :]
+    def forward(self, z: Tensor, regs: Registers) -> Tensor:
+        """z (B, K, C) with the batch's ``layout.registers`` -> hidden states (B, K, d)."""
+        x = self.embed(z) + self.pos[regs.pos]  # (B, K, d)
+        attn_mask = regs.mask[:, None, None, :]
         for blk in self.blocks:
             x = blk(x, attn_mask)  # (B, K, d)
         return self.norm(x)

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .engine import generate, load_config, load_model, provenance, reconstruct, train, write_json
+from .engine import generate, load_config, load_model, provenance, reconstruct, train
 from .config import to_yaml
+from .files import atomic_write, write_json
 
 
 def run_protocol(modality: str, out: str | Path, budget_minutes: float | None = None,
@@ -29,7 +30,8 @@ def run_protocol(modality: str, out: str | Path, budget_minutes: float | None = 
         cfg = load_config(modality, overrides=list(overrides) + extra)
         train_summary = train(cfg, resume=resume)
         checkpoint = train_summary["checkpoint"]
-    model, adapter, cfg = load_model(checkpoint, overrides=post)
+    loaded = load_model(checkpoint, overrides=post)
+    model, adapter, cfg = loaded.model, loaded.adapter, loaded.cfg
     num = num_samples or cfg.sample.num
     samples, sample_info = generate(model, adapter, cfg.sample, num)
     files = adapter.export(samples, out / "samples")
@@ -43,7 +45,7 @@ def run_protocol(modality: str, out: str | Path, budget_minutes: float | None = 
     result = {"modality": modality, "generation": gen, "reconstruction": rec,
               "reconstruction_num": len(inputs), "sampling": sample_info, "training": train_summary,
               "evaluation_wall_s": {"generation": round(gen_wall, 1), "reconstruction": round(rec_wall, 1)},
-              "sample_files": [str(f) for f in files], **provenance(model, cfg), "config": to_yaml(cfg)}
+              "sample_files": [str(f) for f in files], **provenance(loaded), "config": to_yaml(cfg)}
     write_json(result, out / "results.json")
     return result
 
@@ -63,9 +65,8 @@ def write_report(out: str | Path, title: str, sections: list[tuple[str, str]], d
     """``report.md`` (title + sections of markdown) and ``report.json`` (all numbers and settings)."""
     out = Path(out)
     text = f"# {title}\n\n" + "".join(f"## {h}\n\n{body.strip()}\n\n" for h, body in sections)
-    (out / "report.md").write_text(text)
     write_json(data, out / "report.json")
-    return out / "report.md"
+    return atomic_write(out / "report.md", lambda f: f.write(text), binary=False)
 
 
 def training_speed(checkpoint: str) -> float | None:

@@ -21,7 +21,7 @@ from .flow import shift_time, shift_time_derivative, x_to_velocity
 VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x (B, ...), t (B,)) -> dx/dt
 
 
-def integrate(f: VelocityFn, x0: Tensor, solver: str = "heun", steps: int = 50, shift: float = 1.0,
+def integrate(f: VelocityFn, x0: Tensor, *, solver: str = "heun", steps: int = 50, shift: float = 1.0,
               atol: float = 1e-6, rtol: float = 1e-3) -> tuple[Tensor, int]:
     """Solve dx/dt = f(x, t) from t = 0 to 1. Returns the end state and the number of evaluations."""
     nfe = 0
@@ -52,7 +52,7 @@ def integrate(f: VelocityFn, x0: Tensor, solver: str = "heun", steps: int = 50, 
     return x, nfe
 
 
-def guided_prediction(predict: Callable[[Tensor, Tensor, Tensor], Tensor], x: Tensor, t: Tensor,
+def guided_prediction(predict: Callable[[Tensor, Tensor, Tensor], Tensor], x: Tensor, t: Tensor, *,
                       cond: Tensor, null: int, scale: float, interval: tuple[float, float]) -> Tensor:
     """Classifier-free guidance on x-predictions: ``xu + w (xc - xu)`` only for t in the interval.
 
@@ -71,11 +71,14 @@ def guided_prediction(predict: Callable[[Tensor, Tensor, Tensor], Tensor], x: Te
 
 
 @torch.no_grad()
-def sample_latents(denoise: Callable[[Tensor, Tensor, Tensor], Tensor], noise: Tensor, cond: Tensor,
-                   null: int, solver: str = "heun", steps: int = 50, shift: float = 0.5,
-                   clamp: float = 0.05, cfg: float = 1.0, cfg_interval: tuple[float, float] = (0.1, 1.0),
-                   atol: float = 1e-6, rtol: float = 1e-3, self_condition: bool = False) -> tuple[Tensor, int]:
+def sample_latents(denoise: Callable[..., Tensor], noise: Tensor, *, cond: Tensor, null: int,
+                   solver: str = "heun", steps: int = 50, shift: float = 0.5, clamp: float = 0.05,
+                   cfg: float = 1.0, cfg_interval: tuple[float, float] = (0.1, 1.0), atol: float = 1e-6,
+                   rtol: float = 1e-3, self_condition: bool = False) -> tuple[Tensor, int]:
     """Noise (B, K, C) -> clean latents (B, K, C) with the given solver and guidance.
+
+    ``denoise(x, t, cond)`` is the x-prediction network; ``cond`` (B,) long the labels, ``null`` the
+    label of no condition. Everything after ``noise`` is a keyword: two swapped floats would run silently.
 
     ``self_condition``: ``denoise`` takes a fourth argument, the previous x-prediction for the same batch
     rows (zeros at the first evaluation), as the model saw it in training.
@@ -90,7 +93,7 @@ def sample_latents(denoise: Callable[[Tensor, Tensor, Tensor], Tensor], noise: T
         return out
 
     def velocity(x: Tensor, t: Tensor) -> Tensor:
-        x1_hat = guided_prediction(predict, x, t, cond, null, cfg, tuple(cfg_interval))
+        x1_hat = guided_prediction(predict, x, t, cond=cond, null=null, scale=cfg, interval=tuple(cfg_interval))
         return x_to_velocity(x1_hat, x, t, clamp)
 
-    return integrate(velocity, noise, solver, steps, shift, atol, rtol)
+    return integrate(velocity, noise, solver=solver, steps=steps, shift=shift, atol=atol, rtol=rtol)

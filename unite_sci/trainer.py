@@ -32,7 +32,7 @@ from .checkpoint import latest_complete, save_checkpoint
 from .config import OptimConfig, RunConfig, to_yaml
 from .errors import UserError
 from .plots import plot_losses
-from .unite import Unite
+from .unite import Phase, Unite
 
 
 # ----------------------------------------------------------------------------- environment
@@ -209,17 +209,29 @@ class Trainer:
         self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
         self.base_lr = cfg.optim.lr * (t.batch_size / cfg.optim.lr_reference_batch
                                        if cfg.optim.lr_reference_batch else 1.0)
-        self.step, self.elapsed, self.nonfinite, self.skipped, self.phase_start = 0, 0.0, 0, 0, 0
-        self.phase = "joint" if t.mode == "single_stage" else "tokenizer"
+        self.step, self.elapsed, self.nonfinite, self.skipped = 0, 0.0, 0, 0
         self._sampling = has_quick_metrics(adapter)
         if t.sample_every and not self._sampling and self.rank == 0:
             warnings.warn(f"train.sample_every is set, but the {adapter.name!r} adapter has no quick_metrics: "
                           "no samples are drawn during training", stacklevel=2)
-        self._build_optimizers()
+        self.enter_phase(Phase.JOINT if t.mode == "single_stage" else Phase.TOKENIZER)
 
     # ------------------------------------------------------------------ set-up
-    def _build_optimizers(self) -> None:
-        self.model.phase = self.phase
+    @property
+    def phase(self) -> Phase:
+        """The current phase; the model holds it, :meth:`enter_phase` alone changes it."""
+        return self.model.phase
+
+    def enter_phase(self, phase: Phase) -> None:
+        """Begin ``phase`` at the current step: the model's phase, which parameters train, fresh optimisers
+        (and the DDP / compile wrappers built around them) and a restarted EMA warm-up.
+
+        The warm-up restart matters at the two-stage switch: the new denoiser's average must not start at
+        full decay (it would hold mostly its random init after a short phase), and the now frozen
+        tokenizer's average moves to the very weights that made the denoiser's latents.
+        """
+        self.model.phase, self.phase_start = Phase(phase), self.step
+        self.ema.updates = 0
         params = [p for p in self.model.trainable_for_phase()]
         for p in self.model.parameters():
             p.requires_grad_(any(p is q for q in params))
@@ -228,7 +240,7 @@ class Trainer:
         self.ddp = self.model
         if self.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
-                self.model, find_unused_parameters=self.phase != "joint")
+                self.model, find_unused_parameters=self.phase != Phase.JOINT)
         if self.cfg.train.compile:
             # dynamic shapes: size buckets change the padded element count from batch to batch
             self.ddp = torch.compile(self.ddp, dynamic=True)
@@ -245,7 +257,7 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizers": [o.state_dict() for o in self.optimizers], "step": self.step,
-                "phase": self.phase, "phase_start": self.phase_start, "elapsed": self.elapsed, "skipped": self.skipped, "rng": rng_state(),
+                "phase": self.phase.value, "phase_start": self.phase_start, "elapsed": self.elapsed, "skipped": self.skipped, "rng": rng_state(),
                 "config": to_yaml(self.cfg), "modality": self.adapter.name,
                 "adapter_state": self.adapter.state_dict()}
 
@@ -260,8 +272,8 @@ class Trainer:
         if _arch_lines(saved) != _arch_lines(now):
             raise UserError(f"checkpoint '{state['path']}' was trained with another model config: "
                             f"{_first_diff(_arch_lines(saved), _arch_lines(now))}")
-        self.phase, self.phase_start = state["phase"], state["phase_start"]
-        self._build_optimizers()
+        self.enter_phase(Phase(state["phase"]))  # the plain strings of older checkpoints load too
+        self.phase_start = state["phase_start"]  # the saved phase began then, not now
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         for o, s in zip(self.optimizers, state["optimizers"]):
@@ -296,7 +308,7 @@ class Trainer:
         p, f = self.progress(), self.cfg.train.tokenizer_fraction
         if self.cfg.train.mode == "single_stage":
             return p
-        return p / f if self.phase == "tokenizer" else (p - f) / max(1 - f, 1e-9)
+        return p / f if self.phase == Phase.TOKENIZER else (p - f) / max(1 - f, 1e-9)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Batch) -> dict[str, float] | None:
@@ -385,7 +397,7 @@ class Trainer:
         """Every ``sample_every`` steps, and at the last step of a run longer than that (a short smoke run
         draws none); not while a two-stage run trains its tokenizer (its denoiser is still untrained)."""
         t = self.cfg.train
-        return bool(t.sample_every and self._sampling and self.phase != "tokenizer"
+        return bool(t.sample_every and self._sampling and self.phase != Phase.TOKENIZER
                     and (self.step % t.sample_every == 0 or (self._done() and self.step > t.sample_every)))
 
     # ------------------------------------------------------------------ run
@@ -416,13 +428,8 @@ class Trainer:
             while not self._done():
                 if stop_at is not None and self.step >= stop_at:
                     return {"steps": self.step, "stopped": True}
-                if t.mode == "two_stage" and self.phase == "tokenizer" and self.progress() >= t.tokenizer_fraction:
-                    self.phase, self.phase_start = "denoiser", self.step
-                    self._build_optimizers()
-                    # restart the EMA warm-up: the new denoiser's average must not start at full decay
-                    # (it would hold mostly its random init after a short phase), and the now frozen
-                    # tokenizer's average moves to the very weights that made the denoiser's latents
-                    self.ema.updates = 0
+                if t.mode == "two_stage" and self.phase == Phase.TOKENIZER and self.progress() >= t.tokenizer_fraction:
+                    self.enter_phase(Phase.DENOISER)
                 t0 = time.time()  # wall time of the step, data loading included
                 logs = self.train_step(next(loader))
                 self.elapsed += time.time() - t0

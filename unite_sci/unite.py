@@ -7,11 +7,16 @@
 3. ``L = L_rec + sum_k L_k``.
 
 The two-stage baseline uses the same module in two phases: ``tokenizer`` (L_rec only) and then
-``denoiser`` (flow loss of a separate denoiser on frozen tokenizer latents).
+``denoiser`` (flow loss of a separate denoiser on frozen tokenizer latents). The model reads its
+:class:`Phase`; only ``Trainer.enter_phase`` sets it.
+
+The register set of a batch (``Registers``: mask and positions) is built once in ``forward`` and passed
+to every pass of the step.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 from torch import Tensor, nn
@@ -19,9 +24,15 @@ from torch import Tensor, nn
 from .adapter import Adapter, Batch
 from .config import RunConfig
 from .flow import flow_loss, interpolate, logit_normal_time
-from .model import PRESETS, GenerativeEncoder, LatentDecoder
+from .model import PRESETS, GenerativeEncoder, LatentDecoder, Registers
 
-PHASES = ("joint", "tokenizer", "denoiser")
+
+class Phase(StrEnum):
+    """What a training step optimises. String-valued: checkpoints store the plain strings."""
+
+    JOINT = "joint"  # UNITE: reconstruction + flow losses, all parameters
+    TOKENIZER = "tokenizer"  # two-stage, stage 1: reconstruction only
+    DENOISER = "denoiser"  # two-stage, stage 2: flow loss on the frozen tokenizer's latents
 
 
 @dataclass(frozen=True)
@@ -51,19 +62,22 @@ class Unite(nn.Module):
         a, m = resolve_arch(cfg), cfg.model
 
         def make_ge() -> GenerativeEncoder:
-            return GenerativeEncoder(adapter.layout, m.latent_dim, a.width, a.depth, a.heads,
-                                     adapter.num_classes, m.mlp_ratio, m.time_freqs, m.rope_theta,
-                                     m.in_context_tokens, m.in_context_start, cfg.flow.tokenize_t_max,
+            return GenerativeEncoder(adapter.layout, m.latent_dim, width=a.width, depth=a.depth, heads=a.heads,
+                                     num_classes=adapter.num_classes, mlp_ratio=m.mlp_ratio,
+                                     time_freqs=m.time_freqs, rope_theta=m.rope_theta,
+                                     in_context_tokens=m.in_context_tokens, in_context_start=m.in_context_start,
+                                     tokenize_t_max=cfg.flow.tokenize_t_max,
                                      self_condition=cfg.flow.self_condition > 0)
 
         self.encoder = make_ge()
         # shared weights: the same module object, so exactly one parameter set
         self.denoiser = self.encoder if m.shared_weights else make_ge()
-        self.decoder = LatentDecoder(adapter.layout, m.latent_dim, a.dec_width, a.dec_depth, a.dec_heads,
-                                     m.mlp_ratio, adapter.decoder_positions(a.dec_width))
+        self.decoder = LatentDecoder(adapter.layout, m.latent_dim, width=a.dec_width, depth=a.dec_depth,
+                                     heads=a.dec_heads, mlp_ratio=m.mlp_ratio,
+                                     pos_table=adapter.decoder_positions(a.dec_width))
         self.embedder = adapter.build_embedder(a.width)
         self.heads = adapter.build_heads(a.dec_width)
-        self.phase = "joint"
+        self.phase = Phase.JOINT  # set by Trainer.enter_phase only
         self.shard = (0, 1)  # (rank, world): random draws are made for the global batch and sliced
 
     def _rand(self, kind: str, shape: tuple[int, ...], device: torch.device) -> Tensor:
@@ -77,27 +91,31 @@ class Unite(nn.Module):
         x = (torch.rand if kind == "rand" else torch.randn)(full, device=device)
         return x[rank * shape[0]:(rank + 1) * shape[0]]
 
-    def _rand_latents(self, b: int, mask: Tensor | None, device: torch.device) -> Tensor:
+    def _rand_latents(self, b: int, regs: Registers, device: torch.device) -> Tensor:
         """Gaussian latents (B, K, C) drawn per register *position*, so padding never changes them."""
-        layout = self.encoder.layout
-        _, pos = layout.registers(mask, b, device)
-        full = self._rand("randn", (b, layout.table_size, self.cfg.model.latent_dim), device)
-        return full[:, pos[0]]
+        full = self._rand("randn", (b, self.encoder.layout.table_size, self.cfg.model.latent_dim), device)
+        return full[:, regs.pos[0]]
 
     # ------------------------------------------------------------------ the pieces
-    def encode(self, batch: Batch) -> Tensor:
-        """Batch -> clean latents z0 (B, K, C)."""
+    def registers(self, mask: Tensor | None, b: int, device: torch.device) -> Registers:
+        """The register set of a batch of b samples with element mask (B, N) (None for fixed layouts)."""
+        return self.encoder.layout.registers(mask, b, device)
+
+    def encode(self, batch: Batch, regs: Registers | None = None) -> Tensor:
+        """Batch -> clean latents z0 (B, K, C). ``regs``: the batch's registers, if already built."""
         tokens = self.embedder(batch.data, batch.mask)  # (B, N, d)
         b, dev = tokens.shape[0], tokens.device
+        regs = self.registers(batch.mask, b, dev) if regs is None else regs
         tok_mask = batch.mask if batch.mask is not None else torch.ones(tokens.shape[:2], dtype=torch.bool, device=dev)
-        noise = self._rand_latents(b, batch.mask, dev)
-        return self.encoder.tokenize(tokens, tok_mask, batch.mask, noise, self._rand("rand", (b,), dev))
+        noise = self._rand_latents(b, regs, dev)
+        return self.encoder.tokenize(tokens, tok_mask, regs, noise=noise, t=self._rand("rand", (b,), dev))
 
-    def decode(self, z: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
-        """Latents (B, K, C) -> the adapter heads' outputs."""
-        return self.heads(self.decoder(z, mask), mask)
+    def decode(self, z: Tensor, mask: Tensor | None, regs: Registers | None = None) -> dict[str, Tensor]:
+        """Latents (B, K, C) -> the adapter heads' outputs. ``regs``: the batch's registers, if already built."""
+        regs = self.registers(mask, z.shape[0], z.device) if regs is None else regs
+        return self.heads(self.decoder(z, regs), mask)
 
-    def decoder_noise(self, z: Tensor, mask: Tensor | None) -> Tensor:
+    def decoder_noise(self, z: Tensor, regs: Registers) -> Tensor:
         """Training-only latent noise before the decoder (SPEC section 3), per sample with prob p."""
         c = self.cfg.decoder_noise
         if c.mode == "none" or not self.training:
@@ -105,7 +123,7 @@ class Unite(nn.Module):
         b = z.shape[0]
         view = (b,) + (1,) * (z.dim() - 1)
         apply = (self._rand("rand", (b,), z.device) < c.prob).view(view)
-        eps = self._rand_latents(b, mask, z.device)
+        eps = self._rand_latents(b, regs, z.device)
         if c.mode == "interpolate":
             t = (c.t_min + (1 - c.t_min) * self._rand("rand", (b,), z.device)).view(view)
             noised = t * z + (1 - t) * eps
@@ -120,20 +138,20 @@ class Unite(nn.Module):
         drop = self._rand("rand", tuple(cond.shape), cond.device) < self.cfg.flow.label_dropout
         return torch.where(drop, torch.full_like(cond, self.encoder.null_class), cond)
 
-    def flow_losses(self, x1: Tensor, cond: Tensor, mask: Tensor | None) -> list[Tensor]:
+    def flow_losses(self, x1: Tensor, cond: Tensor, regs: Registers) -> list[Tensor]:
         """K flow passes on clean latents x1 (B, K, C), each with fresh t' and eps."""
         f = self.cfg.flow
-        reg_mask, _ = self.denoiser.layout.registers(mask, x1.shape[0], x1.device)
         losses = []
         for _ in range(f.flow_batches):
             t = logit_normal_time(self._rand("randn", (x1.shape[0],), x1.device), f.logit_mean, f.logit_std, f.shift)
-            x_t = interpolate(x1, self._rand_latents(x1.shape[0], mask, x1.device), t)
+            x_t = interpolate(x1, self._rand_latents(x1.shape[0], regs, x1.device), t)
             y = self.drop_labels(cond)
-            x1_hat = self.denoiser.denoise(x_t, t, y, mask, self.self_condition(x_t, t, y, mask))  # (B, K, C)
-            losses.append(flow_loss(x1_hat, x1, t, f.clamp, reg_mask))
+            sc = self.self_condition(x_t, t, y, regs)
+            x1_hat = self.denoiser.denoise(x_t, t, y, regs, self_cond=sc)  # (B, K, C)
+            losses.append(flow_loss(x1_hat, x1, t, f.clamp, regs.mask))
         return losses
 
-    def self_condition(self, x_t: Tensor, t: Tensor, y: Tensor, mask: Tensor | None) -> Tensor | None:
+    def self_condition(self, x_t: Tensor, t: Tensor, y: Tensor, regs: Registers) -> Tensor | None:
         """The self-conditioning input of one flow pass (Chen et al. 2022, as ADiT): with probability
         ``flow.self_condition`` (one coin for the whole global batch, drawn alike on every rank) the
         detached x-prediction of a first, gradient-free pass; zeros otherwise. None when switched off.
@@ -146,26 +164,27 @@ class Unite(nn.Module):
         if not self.training or bool(coin >= p):
             return zeros
         with torch.no_grad():
-            return self.denoiser.denoise(x_t, t, y, mask, zeros).detach()  # (B, K, C)
+            return self.denoiser.denoise(x_t, t, y, regs, self_cond=zeros).detach()  # (B, K, C)
 
     # ------------------------------------------------------------------ one step
     def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss (scalar) and its parts for logging."""
         logs: dict[str, Tensor] = {}
         total = torch.zeros((), device=batch.cond.device)
-        if self.phase in ("joint", "tokenizer"):
-            z0 = self.encode(batch)  # (B, K, C)
-            out = self.decode(self.decoder_noise(z0, batch.mask), batch.mask)
+        regs = self.registers(batch.mask, batch.cond.shape[0], batch.cond.device)  # once for the whole step
+        if self.phase in (Phase.JOINT, Phase.TOKENIZER):
+            z0 = self.encode(batch, regs)  # (B, K, C)
+            out = self.decode(self.decoder_noise(z0, regs), batch.mask, regs)
             l_rec, parts = self.adapter.reconstruction_loss(out, batch)
             total = total + l_rec
             logs["rec"] = l_rec.detach()
             logs.update({f"rec/{k}": torch.as_tensor(v).detach() for k, v in parts.items()})
-        if self.phase == "denoiser":
+        if self.phase == Phase.DENOISER:
             with torch.no_grad():  # two-stage: the tokenizer is frozen
-                z0 = self.encode(batch)
-        if self.phase in ("joint", "denoiser"):
-            x1 = z0.detach() if (self.cfg.flow.stop_gradient or self.phase == "denoiser") else z0
-            flows = self.flow_losses(x1, batch.cond, batch.mask)
+                z0 = self.encode(batch, regs)
+        if self.phase in (Phase.JOINT, Phase.DENOISER):
+            x1 = z0.detach() if (self.cfg.flow.stop_gradient or self.phase == Phase.DENOISER) else z0
+            flows = self.flow_losses(x1, batch.cond, regs)
             l_flow = torch.stack(flows).sum()  # summed over the K passes, not averaged
             total = total + l_flow
             logs["flow"] = l_flow.detach()
@@ -174,9 +193,9 @@ class Unite(nn.Module):
 
     def trainable_for_phase(self) -> list[nn.Parameter]:
         """Parameters that the current phase updates (all of them for single-stage training)."""
-        if self.phase == "joint":
+        if self.phase == Phase.JOINT:
             return list(self.parameters())
-        if self.phase == "tokenizer":
+        if self.phase == Phase.TOKENIZER:
             keep = [self.encoder, self.decoder, self.embedder, self.heads]
         else:
             keep = [self.denoiser]

@@ -30,10 +30,9 @@ training split and are saved in the adapter's state, with the distribution of at
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -41,78 +40,66 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unite_sci.adapter import AdapterBase, Batch, register
-from unite_sci.errors import ConfigError, DataError
+from unite_sci.errors import DataError
 from unite_sci.model import RegisterLayout
+from unite_sci.parallel import resolve_workers
+from unite_sci.reduce import masked_mean, percent
+from unite_sci.schema import Choice, non_negative, one_of, positive, ranged
 
+from ..atoms import MAX_Z
 from . import data as cdata
-from .metrics import MAX_Z, OXIDATION_SETS
+from .metrics import OXIDATION_SETS
 
-# Published numbers (percent) beside which reports put ours. ADiT: the MP-20-only DiT-B model; its
-# tokenizer's reconstruction match rate is 84.5. UNITE-S: the paper's Table (MP-20, single stage).
-REFERENCES = {
-    "UNITE-S (paper)": {"struct_valid_pct": 99.0, "comp_valid_pct": 89.9, "valid_pct": 87.9, "match_rate_pct": 75.7},
-    "ADiT MP20-only DiT-B (paper)": {"struct_valid_pct": 99.6, "comp_valid_pct": 90.5, "valid_pct": 90.1},
-    "ADiT tokenizer (paper)": {"match_rate_pct": 84.5},
-}
 NUM_TYPES = MAX_Z  # classes 0..99 are Z = 1..100; index 100 pads the type embedding
-TYPE_DECODES = ("argmax", "composition")
+
+
+class TypeDecode(Choice):
+    argmax = "argmax"
+    composition = "composition"
 
 
 @dataclass
 class CrystalConfig:
-    dataset: str = "mp20"               # mp20 | perov5 | carbon24
+    dataset: str = one_of("mp20", cdata.DATASETS)  # mp20 | perov5 | carbon24
     data_dir: Optional[str] = None      # canonical train/val/test csv folder; None: the offline protocol
     offline_root: Optional[str] = None  # offline copies; None: $UNITE_SCI_CRYSTAL_DATA or ../shared/data/crystals
     cache_dir: Optional[str] = None     # parsed-csv cache; None: ~/.cache/unite_sci/crystals, "": off
-    holdout_fraction: float = 0.1       # offline protocol: share of the training rows held out as val
+    holdout_fraction: float = ranged(0.1, lo=0, hi=1, open_lo=True, open_hi=True)  # offline protocol: share
+                                        # of the training rows held out as val
     split_seed: int = 0                 # offline protocol: seed of the held-out slice
-    max_atoms: int = 0                  # 0: the data set's own limit (MP-20 20, Perov-5 5, Carbon-24 24)
-    num_train: int = 0                  # 0: the whole split; >0 the first n (quick runs, tests)
-    num_val: int = 0
-    num_test: int = 0
-    load_workers: int = 0               # CIF parsing processes (first load only, then cached); 0: all cores
+    max_atoms: int = ranged(0, lo=0, hi=512, note="0 = the data set's limit")  # MP-20 20, Perov-5 5,
+                                        # Carbon-24 24
+    num_train: int = non_negative(0)    # 0: the whole split; >0 the first n (quick runs, tests)
+    num_val: int = non_negative(0)
+    num_test: int = non_negative(0)
+    load_workers: int = non_negative(0)  # CIF parsing processes (first load only, then cached); 0: all cores
     random_translation: bool = True     # augmentation: one uniform shift of every crystal, modulo 1
-    coord_freqs: int = 4                # input embedding: sin/cos at frequencies 1, 2, 4, ... (2^(F-1))
-    type_weight: float = 1.0
-    coord_weight: float = 1.0           # on the sin/cos MSE, summed over the 6 numbers of an atom
-    lattice_weight: float = 1.0         # on the MSE of the 6 normalised lattice numbers
-    composition_weight: float = 1.0     # on the presence BCE summed over 100 elements; 0 drops the head
-    type_decode: str = "argmax"         # argmax: per atom | composition: among the elements that the
-                                        # composition head predicts present (see the module docstring)
-    eval_workers: int = 0               # 0: all cores
-    time_limit_s: float = 30.0          # per StructureMatcher / SMACT call; past it = invalid / no match
+    coord_freqs: int = ranged(4, lo=1, hi=12)  # input embedding: sin/cos at frequencies 1, 2, 4, ... (2^(F-1))
+    type_weight: float = non_negative(1.0)
+    coord_weight: float = non_negative(1.0)  # on the sin/cos MSE, summed over the 6 numbers of an atom
+    lattice_weight: float = non_negative(1.0)  # on the MSE of the 6 normalised lattice numbers
+    composition_weight: float = non_negative(1.0)  # on the presence BCE summed over 100 elements; 0 drops
+                                        # the head
+    type_decode: TypeDecode = TypeDecode.argmax  # argmax: per atom | composition: among the elements that
+                                        # the composition head predicts present (see the module docstring)
+    eval_workers: int = non_negative(0)  # 0: all cores
+    time_limit_s: float = positive(30.0)  # per StructureMatcher / SMACT call; past it = invalid / no match
     oxidation_states: str = "smact2_default"  # smact2_default (published) | icsd16 | pymatgen | file path
     novelty: bool = True                # StructureMatcher against the training crystals
-    wasserstein_reference: int = 0      # >0: Wasserstein distances of density and #elements against
-                                        # this many test crystals (CDVAE uses the whole test split)
+    wasserstein_reference: int = non_negative(0)  # >0: Wasserstein distances of density and #elements
+                                        # against this many test crystals (CDVAE uses the whole test split)
+    space_groups: bool = True           # space groups of samples against the training crystals' (symmetry.py)
+    coverage: bool = False              # COV-R / COV-P (CDVAE, matminer) against the wasserstein_reference
+                                        # crystals: about 0.1 s per crystal for the fingerprints
 
-    def validate(self) -> None:
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"config key 'data.{key}': {why}")
-
-        if self.dataset not in cdata.DATASETS:
-            raise bad("dataset", f"{self.dataset!r} is not one of {', '.join(cdata.DATASETS)}")
-        if not 0 <= self.max_atoms <= 512:
-            raise bad("max_atoms", f"{self.max_atoms} outside 0..512 (0 = the data set's limit)")
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise bad("holdout_fraction", f"must lie in (0, 1), got {self.holdout_fraction}")
-        if not 1 <= self.coord_freqs <= 12:
-            raise bad("coord_freqs", f"{self.coord_freqs} outside 1..12")
-        for key in ("num_train", "num_val", "num_test", "load_workers", "eval_workers", "wasserstein_reference"):
-            if getattr(self, key) < 0:
-                raise bad(key, f"must be >= 0, got {getattr(self, key)}")
-        for key in ("type_weight", "coord_weight", "lattice_weight", "composition_weight"):
-            if getattr(self, key) < 0:
-                raise bad(key, f"must be >= 0, got {getattr(self, key)}")
-        if self.time_limit_s <= 0:
-            raise bad("time_limit_s", f"must be > 0, got {self.time_limit_s}")
+    def constraints(self) -> Iterator[tuple[str, str]]:
         if self.oxidation_states not in OXIDATION_SETS and not Path(self.oxidation_states).is_file():
-            raise bad("oxidation_states", f"{self.oxidation_states!r} is neither one of "
-                      f"{', '.join(OXIDATION_SETS)} nor an oxidation-state file")
-        if self.type_decode not in TYPE_DECODES:
-            raise bad("type_decode", f"{self.type_decode!r} is not one of {', '.join(TYPE_DECODES)}")
+            yield "oxidation_states", (f"{self.oxidation_states!r} is neither one of {', '.join(OXIDATION_SETS)} "
+                                       "nor an oxidation-state file")
         if self.type_decode == "composition" and self.composition_weight == 0:
-            raise bad("type_decode", "composition needs the composition head (data.composition_weight > 0)")
+            yield "type_decode", "composition needs the composition head (data.composition_weight > 0)"
+        if self.coverage and not self.wasserstein_reference:
+            yield "coverage", "coverage needs reference crystals (data.wasserstein_reference > 0)"
 
 
 # ----------------------------------------------------------------------------- periodic coordinates
@@ -192,7 +179,7 @@ class CrystalAdapter(AdapterBase):
         c = self.cfg
         data = cdata.load_split(c.dataset, split, c.data_dir, offline_root=c.offline_root,
                                 holdout_fraction=c.holdout_fraction, seed=c.split_seed, max_atoms=self.max_atoms,
-                                workers=c.load_workers or os.cpu_count() or 1,
+                                workers=resolve_workers(c.load_workers),
                                 cache_dir=c.cache_dir, progress=False)
         limit = {"train": c.num_train, "val": c.num_val, "test": c.num_test}[split]
         return data.subset(np.arange(min(limit, len(data)))) if limit else data
@@ -246,16 +233,11 @@ class CrystalAdapter(AdapterBase):
 
     def reconstruction_loss(self, out: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, float]]:
         types, frac, mask = batch.data["types"], batch.data["frac"], batch.mask
-        m = mask.float()
-        n = m.sum(1)  # (B,) atoms per crystal
-
-        def per_crystal(x: Tensor) -> Tensor:  # (B, N) -> mean over a crystal's atoms, then over crystals
-            return ((x * m).sum(1) / n).mean()
-
         ce = F.cross_entropy(out["type_logits"].float().transpose(1, 2), types.clamp_max(NUM_TYPES - 1),
                              reduction="none")  # (B, N)
         se = ((out["sincos"].float() - frac_to_sincos(frac)) ** 2).sum((-1, -2))  # (B, N)
-        ce, se = per_crystal(ce), per_crystal(se)
+        # mean over a crystal's atoms, then over crystals: every crystal weighs the same
+        ce, se = masked_mean(ce, mask).mean(), masked_mean(se, mask).mean()
         lat = ((out["lattice"].float() - batch.data["lattice"]) ** 2).mean(-1).mean()
         c = self.cfg
         loss = c.type_weight * ce + c.coord_weight * se + c.lattice_weight * lat
@@ -297,7 +279,7 @@ class CrystalAdapter(AdapterBase):
 
     # ------------------------------------------------------------------ metrics and files
     def _workers(self) -> int:
-        return self.cfg.eval_workers or os.cpu_count() or 1
+        return resolve_workers(self.cfg.eval_workers)
 
     def train_items(self) -> list[cdata.CrystalItem]:
         if self._train_items is None:
@@ -309,7 +291,8 @@ class CrystalAdapter(AdapterBase):
         """Validity, uniqueness, novelty (and Wasserstein distances if asked), keyed by protocol name."""
         from importlib.metadata import version
 
-        from .metrics import evaluate_generation, to_arrays
+        from .metrics import evaluate_generation
+        from .structures import to_arrays
 
         c = self.cfg
         train = self.train_items() if c.novelty else None
@@ -319,7 +302,9 @@ class CrystalAdapter(AdapterBase):
             reference = [test[i] for i in range(min(c.wasserstein_reference, len(test)))]
         res = evaluate_generation(samples, train, per_sample_csv, self._workers(), reference=reference,
                                   protocol=self.protocol, dataset=c.dataset, time_limit_s=c.time_limit_s,
-                                  oxidation_states=c.oxidation_states, progress=False)
+                                  oxidation_states=c.oxidation_states, coverage=c.coverage,
+                                  symmetry=c.space_groups, progress=False,
+                                  cache_dir=None if c.cache_dir == "" else (c.cache_dir or cdata.default_cache_dir()))
         p = self.protocol
         arrays = [to_arrays(s) for s in samples]
         n_elem = np.array([len(set(a[0].tolist())) for a in arrays if not isinstance(a, str)] or [np.nan])
@@ -335,9 +320,8 @@ class CrystalAdapter(AdapterBase):
         from .metrics import validity
 
         v = validity(samples, 1, self.cfg.time_limit_s, self.cfg.oxidation_states, progress=False)
-        n, p = max(len(samples), 1), self.protocol
-        return {f"{p}/comp_valid_pct": 100.0 * float(v.comp.sum()) / n,
-                f"{p}/struct_valid_pct": 100.0 * float(v.struct.sum()) / n}
+        n, p = len(samples), self.protocol
+        return {f"{p}/comp_valid_pct": percent(v.comp.sum(), n), f"{p}/struct_valid_pct": percent(v.struct.sum(), n)}
 
     def evaluate_reconstruction(self, inputs: list, recons: list) -> dict[str, Any]:
         from .metrics import reconstruction_metrics

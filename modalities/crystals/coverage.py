@@ -23,9 +23,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from unite_sci.errors import UserError
+from unite_sci.parallel import parallel_map
 
-from .metrics import build_structure, to_arrays
-from .parallel import parallel_map
+from .structures import build_structure, to_arrays
 
 COV_CUTOFFS = {"mp20": (0.4, 10.0), "carbon24": (0.2, 4.0), "perov5": (0.2, 4.0)}  # (structure, composition)
 

@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,10 +32,12 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import numpy as np
 
 from unite_sci.errors import ConfigError, DataError
+from unite_sci.files import atomic_write
+from unite_sci.parallel import parallel_map
 
-from .parallel import parallel_map
+from ..atoms import MAX_Z
 
-if TYPE_CHECKING:  # torch is imported lazily: parsing workers must not pay for it (see parallel.py)
+if TYPE_CHECKING:  # torch is imported lazily: parsing workers must not pay for it (see unite_sci/parallel.py)
     import torch
     from pymatgen.core import Structure
 
@@ -213,13 +214,9 @@ def _cache_path(path: Path, settings: dict, cache_dir: Path) -> Path:
 
 
 def _save_atomic(parsed: _ParsedFile, target: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a cache."""
+    """Write atomically (:func:`atomic_write`): readers never see half a cache."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **{k: v for k, v in vars(parsed).items()})
-        os.replace(tmp, target)
+        atomic_write(target, lambda fh: np.savez(fh, **vars(parsed)), binary=True)
     except OSError as e:  # a read-only cache folder only costs speed
         warnings.warn(f"crystal cache not written to {target}: {e}", stacklevel=3)
 
@@ -241,7 +238,6 @@ def default_cache_dir() -> Path:
 def parse_file(path: str | Path, max_atoms: int, min_distance: float = 0.5, workers: int = 1,
                cache_dir: str | Path | None = None, progress: bool = True) -> _ParsedFile:
     """Parse every row of one csv (cached). ``cache_dir=""`` disables the cache."""
-    from ..atoms import MAX_Z  # here, not at module top: atoms imports torch (see parallel.py)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from unite_sci.errors import DataError
 
-from .metrics import MAX_Z, build_structure, to_arrays
+from .structures import MAX_Z, build_structure, to_arrays
 
 
 @dataclass

@@ -34,79 +34,28 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from .parallel import parallel_map, run_limited
+from unite_sci.parallel import parallel_map, run_limited
+from unite_sci.reduce import percent
+
+from .coverage import coverage_metrics, reference_stats, wasserstein_metrics
+from .structures import MAX_Z, Arrays, build_structure, to_arrays
+from .symmetry import (ANGLE_TOLERANCE, SYMPREC, plot_space_groups, reference_space_groups, space_group_metrics,
+                       space_groups)
 
 MATCHER = {"stol": 0.5, "ltol": 0.3, "angle_tol": 10.0}
 MIN_DISTANCE = 0.5        # Angstrom, between two distinct sites
-MIN_VOLUME = 0.1          # Angstrom^3
 MAX_OX_COMBOS = 1e7       # oxidation-state combinations; larger spaces count as invalid (ADiT, DiffCSP)
-MAX_Z = 100               # atomic numbers the toolkit represents (modalities/atoms.py, which imports torch)
 OXIDATION_SETS = ("smact2_default", "icsd16", "pymatgen")  # or a path to a SMACT-format oxidation file
 DEFAULT_TIME_LIMIT_S = 30.0
 
-# ----------------------------------------------------------------------------- input normalisation
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # z (n,), frac (n,3), lengths (3,), angles (3,)
 
-
-def to_arrays(x: Any) -> Arrays | str:
-    """Structure / CrystalItem / (z, frac, lengths, angles) / dict -> float64 arrays, or a reason string."""
-    try:
-        if hasattr(x, "lattice") and hasattr(x, "frac_coords"):  # pymatgen Structure
-            if not x.is_ordered:
-                return "disordered_site"
-            z = [getattr(s.specie, "Z", 0) for s in x]
-            return _clean(z, x.frac_coords, x.lattice.abc, x.lattice.angles)
-        if isinstance(x, dict):
-            return _clean(x.get("z", x.get("atom_types")), x.get("frac", x.get("frac_coords")),
-                          x["lengths"], x["angles"])
-        return _clean(*tuple(x)[:4])
-    except Exception as e:  # noqa: BLE001 - any unusable input is an invalid sample, never a crash
-        return f"bad_input:{type(e).__name__}"
-
-
-def _clean(z: Any, frac: Any, lengths: Any, angles: Any) -> Arrays:
-    z = np.asarray(z).reshape(-1)
-    if z.dtype.kind in "US":  # element symbols
-        from pymatgen.core import Element
-        z = np.array([Element(str(s)).Z for s in z])
-    frac = np.asarray(frac, dtype=np.float64).reshape(-1, 3)
-    if len(frac) != len(z):
-        raise ValueError("z and frac lengths differ")
-    return (np.asarray(z, dtype=np.float64).round().astype(np.int64), frac,
-            np.asarray(lengths, dtype=np.float64).reshape(3), np.asarray(angles, dtype=np.float64).reshape(3))
-
-
+# ----------------------------------------------------------------------------- validity
 def composition_key(z: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(atomic numbers sorted, counts divided by their gcd): the composition CDVAE tests."""
     c = Counter(int(v) for v in z)
     elems = tuple(sorted(c))
     counts = np.array([c[e] for e in elems])
     return elems, tuple((counts // np.gcd.reduce(counts)).tolist())
-
-
-# ----------------------------------------------------------------------------- validity
-def build_structure(a: Arrays, angle_window: tuple[float, float] | None = None, max_z: int = MAX_Z):
-    """(Structure, "") or (None, reason). Never raises."""
-    from pymatgen.core import Lattice, Structure
-    z, frac, lengths, angles = a
-    if len(z) == 0:
-        return None, "no_atoms"
-    if (z < 1).any() or (z > max_z).any():
-        return None, "unknown_element"
-    if not (np.isfinite(frac).all() and np.isfinite(lengths).all() and np.isfinite(angles).all()):
-        return None, "nan_value"
-    if lengths.min() < 0:
-        return None, "non_positive_lattice"
-    if angle_window is not None and not ((angles > angle_window[0]) & (angles < angle_window[1])).all():
-        return None, "angle_outside_window"  # ADiT / FlowMM filter, off by default
-    try:
-        s = Structure(Lattice.from_parameters(*lengths.tolist(), *angles.tolist()), z.tolist(), frac)
-        vol = float(s.volume)
-    except Exception:  # noqa: BLE001
-        return None, "construction_error"
-    if not vol >= MIN_VOLUME:  # also catches NaN from impossible angle triples
-        return None, "small_volume"
-    return s, ""
 
 
 def structure_validity(a: Arrays, angle_window: tuple[float, float] | None = None) -> tuple[bool, str]:
@@ -262,10 +211,10 @@ def _rms_task(pair: tuple[Arrays, Arrays], tol: tuple[float, float, float]) -> f
 
 
 def _reduce(a: Arrays):
-    """Primitive + Niggli cell, as StructureMatcher prepares it (so fits can skip the reduction)."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-    s = build_structure(a)[0]
-    return StructureMatcher._get_reduced_structure(s, primitive_cell=True, niggli=True)
+    """Niggli cell, then its primitive cell: what ``StructureMatcher`` prepares before each fit, done once
+    per crystal here so that fits can skip it. Public API for the steps of pymatgen's private
+    ``_get_reduced_structure``; both give bitwise the same cells on 500 MP-20 test crystals (pymatgen 2026.10)."""
+    return build_structure(a)[0].get_reduced_structure("niggli").get_primitive_structure()
 
 
 def _group_task(group: tuple[list[Arrays], list[Arrays]], tol: tuple, time_limit_s: float | None) -> dict:
@@ -320,7 +269,7 @@ def _meta(protocol: str, **extra: Any) -> dict[str, Any]:
 
 
 def _pct(x: float, n: int) -> float:
-    return round(100.0 * x / n, 4) if n else float("nan")
+    return percent(x, n, digits=4)  # four decimals: more than the published tables, less than float noise
 
 
 def evaluate_generation(structures: Sequence[Any], train: Sequence[Any] | None = None,
@@ -331,12 +280,15 @@ def evaluate_generation(structures: Sequence[Any], train: Sequence[Any] | None =
                         oxidation_states: str = "smact2_default",
                         angle_window: tuple[float, float] | None = None, n_wdist: int | None = 1000,
                         comp_scaler: tuple[np.ndarray, np.ndarray] | None = None, seed: int = 0,
+                        symmetry: bool = True, cache_dir: str | Path | None = None,
                         progress: bool = True) -> dict[str, Any]:
     """Generation metrics of ``structures`` (pymatgen Structures, CrystalItems or (z, frac, lengths,
     angles) tuples; garbage allowed). train: crystals for novelty (skipped when None). reference: the
     test split for Wasserstein distances and coverage (skipped when None). coverage needs matminer.
     n_wdist: valid samples drawn (seeded) for the Wasserstein distances, CDVAE uses 1000; None = all.
     comp_scaler: (means, stds) of the 132 Magpie features; None = fitted on ``reference``.
+    symmetry: space groups (``symmetry.py``) of every sample and of ``train`` (else ``reference``), the
+    reference's cached under ``cache_dir`` (None: not cached); the plot lands beside ``per_sample_csv``.
     Keys are ``f"{protocol}/{name}"``; ``*_pct`` are percentages.
     """
     t0 = time.perf_counter()
@@ -384,15 +336,25 @@ def evaluate_generation(structures: Sequence[Any], train: Sequence[Any] | None =
         out["unique_novel_pct"] = _pct(n_novel, n)
 
     if reference is not None:
-        from .coverage import coverage_metrics, reference_stats, wasserstein_metrics  # it imports this module
         ref = reference_stats(reference, workers, time_limit_s, fingerprints=coverage, progress=progress)
         out.update(wasserstein_metrics(val.density, val.n_elements, val.valid, ref, n_wdist, seed))
         if coverage:
             out.update(coverage_metrics(arrays, ref, dataset, workers, time_limit_s, progress, comp_scaler))
+    sg, sg_ref = np.zeros(n, dtype=np.int64), None
+    ref_set = train if train is not None else reference
+    if symmetry and ref_set is not None:
+        sg = space_groups(arrays, workers, time_limit_s, progress=progress)
+        sg_ref = reference_space_groups(ref_set, cache_dir, workers, time_limit_s, progress=progress)
+        out.update(space_group_metrics(sg, val.valid, sg_ref))
     if per_sample_csv:
-        _write_per_sample(Path(per_sample_csv), arrays, val, group_of, novel)
+        _write_per_sample(Path(per_sample_csv), arrays, val, group_of, novel, sg)
+        if sg_ref is not None:
+            plot_space_groups(sg, val.valid, sg_ref, Path(per_sample_csv).with_name("space_groups.png"))
     res = _meta(protocol, oxidation_states=oxidation_states, time_limit_s=time_limit_s, workers=workers,
-                angle_window=angle_window, seconds=round(time.perf_counter() - t0, 2))
+                angle_window=angle_window, seconds=round(time.perf_counter() - t0, 2),
+                **({} if sg_ref is None else {"space_group_reference": "train" if train is not None else "reference",
+                                             "space_group_symprec": SYMPREC,
+                                             "space_group_angle_tolerance": ANGLE_TOLERANCE}))
     res.update({f"{protocol}/{k}": v for k, v in out.items()})
     return res
 
@@ -444,14 +406,16 @@ def reconstruction_metrics(ref: Sequence[Any], rec: Sequence[Any], workers: int 
     return res
 
 
-def _write_per_sample(path: Path, arrays: list, val: Validity, group_of: np.ndarray, novel: np.ndarray) -> None:
+def _write_per_sample(path: Path, arrays: list, val: Validity, group_of: np.ndarray, novel: np.ndarray,
+                      sg: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "n_atoms", "formula", "struct_valid", "comp_valid", "valid", "reason",
-                    "density_g_cm3", "n_elements", "unique_group", "novel"])
+                    "density_g_cm3", "n_elements", "unique_group", "novel", "space_group"])
         for i, a in enumerate(arrays):
             ok = not isinstance(a, str) and len(a[0]) and (a[0] >= 1).all() and (a[0] <= MAX_Z).all()
             w.writerow([i, 0 if isinstance(a, str) else len(a[0]), _formula(a) if ok else "",
                         int(val.struct[i]), int(val.comp[i]), int(val.valid[i]), val.reasons[i],
-                        f"{val.density[i]:.4f}", int(val.n_elements[i]), int(group_of[i]), novel[i]])
+                        f"{val.density[i]:.4f}", int(val.n_elements[i]), int(group_of[i]), novel[i],
+                        int(sg[i]) or ""])

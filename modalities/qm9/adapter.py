@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unite_sci.adapter import AdapterBase, Batch, register
-from unite_sci.errors import ConfigError, DataError
+from unite_sci.errors import DataError
 from unite_sci.model import RegisterLayout
+from unite_sci.reduce import masked_mean
+from unite_sci.schema import Choice, non_negative, positive, ranged
 
 from ..atoms import principal_axes_frame, random_rotations
 from . import data as qdata
@@ -28,18 +30,12 @@ from . import io as qio
 if TYPE_CHECKING:  # the metrics modules load RDKit and OpenBabel: imported when first evaluating
     from .geometry import Geometry
 
-# Published numbers beside which reports put ours (percent; RMSD in Angstrom).
-REFERENCES = {
-    "UNITE-S (paper)": {"match": 99.37, "rmsd": 0.039, "adit/validity": 94.90, "adit/uniqueness": 99.71},
-    "ADiT tokenizer / ADiT-S QM9-only": {"match": 97.20, "rmsd": 0.075, "adit/validity": 96.02,
-                                        "adit/uniqueness": 97.76},
-    "EDM (paper)": {"edm/atom_stability": 98.7, "edm/molecule_stability": 82.0, "edm/validity": 91.9,
-                    "adit/uniqueness": 90.7},
-    "GeoLDM (paper)": {"edm/atom_stability": 98.9, "edm/molecule_stability": 89.4, "edm/validity": 93.8},
-    "Data (EDM)": {"edm/atom_stability": 99.0, "edm/molecule_stability": 95.2, "edm/validity": 97.7},
-}
-
 GEOMETRY_REFERENCE = 10_000  # training molecules (the first of the EDM split) the geometry metrics compare with
+
+
+class Registers(Choice):
+    per_atom = "per_atom"
+    fixed = "fixed"
 
 
 @dataclass
@@ -47,8 +43,8 @@ class QM9Config:
     data_dir: Optional[str] = None      # folder with qm9_part{1,2,3}.csv; default: the qm9pack wheel
     cache_dir: Optional[str] = None
     elements: list = field(default_factory=lambda: [1, 6, 7, 8, 9])  # atomic numbers H C N O F
-    max_atoms: int = 29
-    registers: str = "per_atom"         # per_atom | fixed
+    max_atoms: int = ranged(29, lo=3, hi=512)
+    registers: Registers = Registers.per_atom  # per_atom | fixed
     num_registers: int = 32             # fixed layout only: K >= max_atoms
     num_train: int = 0                  # 0: the whole EDM split; >0 the first n (quick runs, tests)
     num_val: int = 0
@@ -56,32 +52,25 @@ class QM9Config:
     random_rotation: bool = True
     canonical_frame: bool = False       # put every molecule in its principal-axes frame (atoms.py) instead
                                         # of augmenting with random rotations: no orientations to learn
-    coord_scale: float = 1.0            # Angstrom per network unit
+    coord_scale: float = positive(1.0)  # Angstrom per network unit
     type_weight: float = 1.0
     coord_weight: float = 1.0
-    distance_weight: float = 0.0        # weight of the pairwise-distance term (MSE of interatomic distances
-    distance_cutoff: float = 2.0        # in Angstrom^2, over pairs closer than the cutoff in the input:
-                                        # the bonds and 1-3 pairs whose lengths EDM's tables judge)
+    distance_weight: float = non_negative(0.0)  # weight of the pairwise-distance term (MSE of interatomic
+    distance_cutoff: float = positive(2.0)      # distances in Angstrom^2, over pairs closer than the cutoff
+                                                # in the input: the bonds and 1-3 pairs EDM's tables judge)
     eval_workers: int = 0               # 0: all cores
+    time_limit_s: float = positive(30.0)  # per molecule in evaluation; past it = invalid / no match (a
+                                          # molecule takes milliseconds: only a hung toolkit call gets here)
     novelty: bool = True                # needs the training SMILES (computed once, cached)
     geometry: bool = True               # bond length / angle / valency diagnostics (see qm9/geometry.py)
 
-    def validate(self) -> None:
-        if self.registers not in ("per_atom", "fixed"):
-            raise ConfigError(f"config key 'data.registers': {self.registers!r} is not per_atom or fixed")
+    def constraints(self) -> Iterator[tuple[str, str]]:
         if self.registers == "fixed" and self.num_registers < self.max_atoms:
-            raise ConfigError(f"config key 'data.num_registers': {self.num_registers} < data.max_atoms "
-                              f"{self.max_atoms}: every atom needs a decoder slot")
-        if not 3 <= self.max_atoms <= 512:
-            raise ConfigError(f"config key 'data.max_atoms': {self.max_atoms} outside 3..512")
+            yield "num_registers", (f"{self.num_registers} < data.max_atoms {self.max_atoms}: every atom needs "
+                                    "a decoder slot")
         if self.canonical_frame and self.random_rotation:
-            raise ConfigError("config key 'data.canonical_frame': a canonical frame and random rotations "
-                              "exclude each other, set data.random_rotation=false")
-        if self.distance_weight < 0 or self.distance_cutoff <= 0:
-            raise ConfigError("config keys 'data.distance_weight' >= 0 and 'data.distance_cutoff' > 0 needed, "
-                              f"got {self.distance_weight} and {self.distance_cutoff}")
-        if self.coord_scale <= 0:
-            raise ConfigError(f"config key 'data.coord_scale': must be > 0, got {self.coord_scale}")
+            yield "canonical_frame", ("a canonical frame and random rotations exclude each other, set "
+                                      "data.random_rotation=false")
 
 
 class AtomEmbedder(nn.Module):
@@ -120,9 +109,8 @@ def pair_distance_mse(pred: Tensor, pos: Tensor, mask: Tensor, cutoff: float) ->
     diff = pred.unsqueeze(2) - pred.unsqueeze(1)  # (B, N, N, 3)
     d_pred = (diff.pow(2).sum(-1) + 1e-12).sqrt()  # eps: the gradient of sqrt at 0 (the diagonal) is inf
     eye = torch.eye(pos.shape[1], dtype=torch.bool, device=pos.device)
-    pairs = (mask.unsqueeze(2) & mask.unsqueeze(1) & ~eye & (d_true < cutoff)).float()  # (B, N, N)
-    per_mol = ((d_pred - d_true).pow(2) * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp_min(1.0)
-    return per_mol.mean()
+    pairs = mask.unsqueeze(2) & mask.unsqueeze(1) & ~eye & (d_true < cutoff)  # (B, N, N)
+    return masked_mean((d_pred - d_true).pow(2), pairs).mean()
 
 
 @register("qm9")
@@ -212,10 +200,9 @@ class QM9Adapter(AdapterBase):
         ce_mask = torch.ones_like(mask) if self.fixed else mask  # fixed: every slot says atom or not
         ce = F.cross_entropy(logits.transpose(1, 2).float(), types.clamp_max(logits.shape[-1] - 1),
                              reduction="none")  # (B, K)
-        m, cm = mask.float(), ce_mask.float()
-        ce = ((ce * cm).sum(1) / cm.sum(1)).mean()  # per molecule, then over molecules
+        ce = masked_mean(ce, ce_mask).mean()  # per molecule, then over molecules
         se = ((pred.float() - pos) ** 2).sum(-1)  # (B, K) squared error, Angstrom^2
-        mse = ((se * m).sum(1) / m.sum(1)).mean()
+        mse = masked_mean(se, mask).mean()
         loss = self.cfg.type_weight * ce + self.cfg.coord_weight * mse
         parts = {"type_ce": ce.detach(), "coord_mse": mse.detach()}
         if self.cfg.distance_weight > 0:
@@ -247,14 +234,17 @@ class QM9Adapter(AdapterBase):
         return [(elements[types[i][mask[i]].numpy()], pos[i][mask[i].numpy()]) for i in range(len(batch))]
 
     # ------------------------------------------------------------------ metrics and files
+    def _pool(self) -> dict[str, Any]:
+        """Worker processes (0: all cores) and per-molecule time limit of every metrics call."""
+        return {"workers": self.cfg.eval_workers, "time_limit_s": self.cfg.time_limit_s}
+
     def train_smiles(self) -> set[str]:
         from . import metrics
 
         if self._train_smiles is None:
             mols = self.molecules("train", frame=False)
             cache = Path(self.cfg.cache_dir or qdata.default_cache_dir()) / f"train_smiles_{len(mols)}.txt"
-            self._train_smiles = metrics.training_smiles(mols.z, mols.pos, cache,
-                                                         workers=self.cfg.eval_workers or None)
+            self._train_smiles = metrics.training_smiles(mols.z, mols.pos, cache, **self._pool())
         return self._train_smiles
 
     def geometry_reference(self) -> Geometry:
@@ -275,7 +265,7 @@ class QM9Adapter(AdapterBase):
 
         z, pos = [s[0] for s in samples], [s[1] for s in samples]
         train = self.train_smiles() if self.cfg.novelty else None
-        out = metrics.evaluate_generation(z, pos, train, per_sample_csv, workers=self.cfg.eval_workers or None)
+        out = metrics.evaluate_generation(z, pos, train, per_sample_csv, **self._pool())
         out["split"] = "EDM (100,000 / 17,748 / 13,083), novelty against the training split"
         if self.cfg.geometry:
             from . import geometry
@@ -293,7 +283,7 @@ class QM9Adapter(AdapterBase):
     def evaluate_reconstruction(self, inputs: list, recons: list) -> dict[str, Any]:
         from . import metrics
 
-        return metrics.reconstruction_metrics(inputs, recons, workers=self.cfg.eval_workers or None)
+        return metrics.reconstruction_metrics(inputs, recons, **self._pool())
 
     def quick_metrics(self, samples: list) -> dict[str, float]:
         """Connected validity and EDM atom stability (percent), in this process (0.6-1.9 s for 200 real
@@ -301,7 +291,7 @@ class QM9Adapter(AdapterBase):
         from . import metrics
 
         out = metrics.evaluate_generation([s[0] for s in samples], [s[1] for s in samples], None,
-                                          workers=1, progress=False)
+                                          workers=1, progress=False, time_limit_s=self.cfg.time_limit_s)
         return {k: out[k] for k in ("connected_validity", "edm/atom_stability")}
 
     def export(self, samples: list, out_dir: Path) -> list[Path]:

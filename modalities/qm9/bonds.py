@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 from openbabel import openbabel
 from rdkit import Chem, rdBase
+from rdkit.Chem import rdMolAlign
 
 __all__ = [
     "EDM_ALLOWED_VALENCE",
@@ -248,10 +249,11 @@ def openbabel_bonds(mol: openbabel.OBMol) -> list[tuple[int, int]]:
 
 # ------------------------------------------------------------------------------------------ graph matching
 
-# Isomorphisms tried for one RMSD: at most 50,000, and at most 1e6 atom positions in all. QM9's most
-# symmetric molecule, neopentane (17 atoms), has 31,104; only shattered garbage has more.
-MAX_MATCHES = 50_000
-MAX_MATCHED_ATOMS = 1_000_000
+# Isomorphisms tried for one RMSD (RDKit's default). The three hydrogens of a methyl group permute in 3! ways,
+# so QM9's bulky alkanes have millions (2,2,4,4-tetramethylpentane 6,718,464; five QM9 molecules exceed the
+# cap). Past it the RMSD is the best over the first matches found, an upper bound; a pair at the cap takes
+# 6-9 s and about 0.7 GB.
+MAX_MATCHES = 1_000_000
 
 
 def aligned_rmsd(ref: np.ndarray, mov: np.ndarray) -> np.ndarray:
@@ -274,23 +276,21 @@ def aligned_rmsd(ref: np.ndarray, mov: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(msd, 0.0))
 
 
-def bond_graph(z: np.ndarray, bonds: list[tuple[int, int]]) -> Chem.Mol:
-    """RDKit graph of elements and connectivity only (every bond single, not sanitised).
-
-    Each atom's isotope field holds its symmetry class + 1 (canonical ranks without tie breaking), so a
-    substructure match between two such graphs only pairs atoms of the same class: that prunes the
-    search from all element-preserving maps to the graph's automorphisms.
-    """
+def _graph_mol(z: np.ndarray, pos: np.ndarray, bonds: list[tuple[int, int]]) -> Chem.Mol:
+    """RDKit molecule of elements and connectivity (every bond single, not sanitised), with ``pos`` (n, 3)
+    in Angstrom as its conformer: isomorphisms then ignore bond orders, as the InChI test already ruled."""
     mol = Chem.RWMol()
     for zz in np.asarray(z).tolist():
         mol.AddAtom(Chem.Atom(int(zz)))
     for i, j in bonds:
         mol.AddBond(int(i), int(j), Chem.BondType.SINGLE)
+    conf = Chem.Conformer(len(z))
+    for k, xyz in enumerate(np.asarray(pos, dtype=np.float64).tolist()):
+        conf.SetAtomPosition(k, xyz)
+    mol.AddConformer(conf, assignId=True)
+    mol = mol.GetMol()
     mol.UpdatePropertyCache(strict=False)
-    Chem.FastFindRings(mol)
-    for atom, rank in zip(mol.GetAtoms(), Chem.CanonicalRankAtoms(mol, breakTies=False)):
-        atom.SetIsotope(int(rank) + 1)
-    return mol.GetMol()
+    return mol
 
 
 def symmetric_rmsd(
@@ -305,22 +305,22 @@ def symmetric_rmsd(
     """Smallest aligned RMSD (Angstrom) over the atom correspondences that map one bond graph onto the other.
 
     Symmetry-equivalent atoms (the hydrogens of a methyl group, the carbons of a benzene ring) may come
-    back permuted; every graph isomorphism (element-preserving) is tried, up to ``max_matches`` of them
-    and ``MAX_MATCHED_ATOMS`` / n (only shattered, highly symmetric garbage has more), so the result
-    does not depend on atom order. inf when the graphs are not isomorphic.
+    back permuted; every graph isomorphism (element-preserving, bond orders ignored) is tried, up to
+    ``max_matches`` of them, with proper rotations only, so the result does not depend on atom order.
+    inf when the graphs are not isomorphic.
+
+    RDKit's ``rdMolAlign.GetBestRMS`` does the search and the alignments in C++. Measured on 1,000 QM9 test
+    molecules (0.02 A noise, atoms shuffled; four timings on 2 busy cores): 1.8-4.1 ms per pair against
+    4.2-8.5 ms (2-3x) for the numpy Kabsch over RDKit substructure matches used before, which also
+    stopped at 1e6 / n matches (40,000 at 25 atoms) and so could miss the best one for molecules like
+    2,2,3,4,4-pentamethyloxetane (62,208 automorphisms). Both agree within 5e-9 A below that cap.
     """
     if len(z_ref) != len(z_rec) or len(bonds_ref) != len(bonds_rec):
         return float("inf")
+    ref, rec = _graph_mol(z_ref, pos_ref, bonds_ref), _graph_mol(z_rec, pos_rec, bonds_rec)
     # With equal atom and bond counts, every substructure match is an isomorphism.
-    matches = bond_graph(z_rec, bonds_rec).GetSubstructMatches(
-        bond_graph(z_ref, bonds_ref), uniquify=False, useChirality=False,
-        maxMatches=max(1, min(max_matches, MAX_MATCHED_ATOMS // max(1, len(z_ref)))),
-    )  # fmt: skip
-    if not matches:
+    if not rec.HasSubstructMatch(ref):
         return float("inf")
-    order = np.asarray(matches, dtype=np.int64)  # (M, n): reference atom k <-> reconstructed atom order[m, k]
-    pos_ref = np.asarray(pos_ref, dtype=np.float64)
-    pos_rec = np.asarray(pos_rec, dtype=np.float64)
-    step = max(1, 200_000 // len(z_ref))  # bounded memory: about 5 MB of coordinates per batch
-    batches = (aligned_rmsd(pos_ref, pos_rec[order[i : i + step]]) for i in range(0, len(order), step))
-    return min(float(r.min()) for r in batches)
+    # symmetrizeConjugatedTerminalGroups off: with single bonds only, the graph already decides which atoms
+    # are equivalent.
+    return float(rdMolAlign.GetBestRMS(rec, ref, maxMatches=max_matches, symmetrizeConjugatedTerminalGroups=False))

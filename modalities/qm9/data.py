@@ -17,7 +17,6 @@ import csv
 import hashlib
 import importlib.util
 import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from torch_geometric.utils import to_dense_batch
 from tqdm import tqdm
 
 from unite_sci.errors import ConfigError, DataError
+from unite_sci.files import atomic_write
 
 from ..atoms import masses, random_rotations, symbol_to_z
 
@@ -238,17 +238,9 @@ def _parse_all(files: list[Path]) -> dict[str, np.ndarray]:
 
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write the npz atomically (temporary file + os.replace), so a crash never leaves half a cache."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)  # uncompressed: loading must take well under a second
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    """Write the npz atomically (:func:`atomic_write`), so a crash never leaves half a cache."""
+    try:  # uncompressed: loading must take well under a second
+        atomic_write(path, lambda f: np.savez(f, **arrays), binary=True)
     except OSError as e:  # a read-only home must not stop training: parse again next time
         warnings.warn(f"could not write the QM9 cache {path} ({e}); continuing without it", stacklevel=3)
 

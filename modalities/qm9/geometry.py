@@ -41,6 +41,8 @@ import numpy as np
 from ase.data import chemical_symbols
 from scipy.stats import wasserstein_distance
 
+from unite_sci.files import atomic_write
+
 from .bonds import edm_bond_orders
 from .protocols import MAX_ATOMS
 
@@ -185,15 +187,11 @@ def reference(z_list: Sequence[object], pos_list: Sequence[object],
             pass  # unreadable or old: measure again
     geo = measure(z_list, pos_list)
     if cache_path is not None:
-        path = Path(cache_path)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(tmp, key=key.hexdigest(), **{k: getattr(geo, k) for k in _FIELDS})
-            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        arrays = {"key": key.hexdigest(), **{k: getattr(geo, k) for k in _FIELDS}}
+        try:  # atomic: a concurrent reader never sees half a file
+            atomic_write(cache_path, lambda f: np.savez(f, **arrays), binary=True)
         except OSError as e:  # a read-only cache must not stop an evaluation: measure again next time
-            tmp.unlink(missing_ok=True)
-            warnings.warn(f"could not write the geometry cache {path} ({e})", stacklevel=2)
+            warnings.warn(f"could not write the geometry cache {cache_path} ({e})", stacklevel=2)
     return geo
 
 
@@ -291,9 +289,4 @@ def bond_length_png(path: str | os.PathLike, gen: Geometry, ref: Geometry, bins:
         ax.legend(fontsize="small")
     for ax in axes[len(types):]:
         ax.set_visible(False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, dpi=90, format="png"), binary=True)

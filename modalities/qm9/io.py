@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 
 from unite_sci.errors import DataError
+from unite_sci.files import atomic_write
 
 from ..atoms import MAX_Z
 
@@ -83,23 +82,6 @@ def _check_lists(z_list: list[np.ndarray], pos_list: list[np.ndarray]) -> None:
             raise ValueError(f"molecule {i}: positions of shape {np.shape(pos)} for {len(z)} atoms")
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: bool) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then move it into place.
-
-    A crash mid-write (a long sampling run killed) then never leaves a truncated file behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------------------------------- extxyz
 
 
@@ -126,7 +108,7 @@ def write_extxyz(
         Atoms(numbers=np.asarray(z), positions=np.asarray(pos, dtype=np.float64), info=dict(extra))
         for z, pos, extra in zip(z_list, pos_list, info if info is not None else [{}] * len(z_list))
     ]
-    _atomic_write(path, lambda f: write(f, frames, format="extxyz"), binary=False)
+    atomic_write(path, lambda f: write(f, frames, format="extxyz"), binary=False)  # a killed run leaves no half file
 
 
 def _check_xyz_counts(path: Path, text: str) -> None:
@@ -232,7 +214,7 @@ def write_npz(path: str | os.PathLike, z_list: list[np.ndarray], pos_list: list[
     n_atoms = np.array([len(z) for z in z_list], dtype=np.int64)
     z = np.concatenate([np.asarray(z, dtype=np.int64) for z in z_list]) if z_list else np.zeros(0, np.int64)
     pos = np.concatenate([np.asarray(p) for p in pos_list]) if pos_list else np.zeros((0, 3))
-    _atomic_write(path, lambda f: np.savez(f, z=z, pos=pos, n_atoms=n_atoms), binary=True)
+    atomic_write(path, lambda f: np.savez(f, z=z, pos=pos, n_atoms=n_atoms), binary=True)
 
 
 def read_npz(path: str | os.PathLike) -> tuple[list[np.ndarray], list[np.ndarray]]:

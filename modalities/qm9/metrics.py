@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import multiprocessing as mp
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
-from tqdm import tqdm
+
+from unite_sci.files import atomic_write
+from unite_sci.parallel import DEFAULT_START_METHOD, parallel_map
+from unite_sci.reduce import percent
 
 from . import bonds as _bonds
 from .bonds import (
@@ -44,7 +44,15 @@ from .bonds import (
     silence_toolkits,
     symmetric_rmsd,
 )
-from .protocols import MIN_DISTANCE, GenerationRecord, _first_line, adit_verdict, check_input, evaluate_molecule
+from .protocols import (
+    MIN_DISTANCE,
+    GenerationRecord,
+    _first_line,
+    adit_verdict,
+    check_input,
+    evaluate_molecule,
+    unjudged_record,
+)
 
 __all__ = [
     "GenerationRecord",
@@ -57,48 +65,50 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+DEFAULT_TIME_LIMIT_S = 30.0  # per molecule; one takes milliseconds, so only a hung toolkit call reaches it
 
 
 # ------------------------------------------------------------------------------------------ many molecules
 
 
-def _default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+class _Star:
+    """Picklable ``item -> fn(*item)`` around a module-level function (spawned workers import it by name)."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+
+    def __call__(self, item: tuple) -> Any:
+        return self.fn(*item)
 
 
 def _map(
     func: Callable[..., _T],
     items: Sequence[tuple],
+    failed: Callable[[tuple, str], _T],
+    *,
     workers: int | None,
     progress: bool,
     desc: str,
     start_method: str | None,
+    time_limit_s: float | None,
 ) -> list[_T]:
-    """``[func(*item) for item in items]`` in order, over worker processes when it pays, with a progress bar."""
-    workers = _default_workers() if workers is None else max(1, int(workers))
-    bar = partial(tqdm, total=len(items), desc=desc, disable=not progress, unit="mol", smoothing=0.05)
-    if workers == 1 or len(items) < 4 * workers:  # starting processes costs ~1 s: not for a handful
-        with quiet_toolkits():
-            return list(bar(func(*item) for item in items))
-    # fork (the default where it exists) needs no `if __name__ == "__main__":` guard in the caller's script,
-    # which spawn does: without it, spawned workers re-run the script. The workers only run RDKit and
-    # OpenBabel, never the parent's torch threads. Logging setup is per process, so each worker silences
-    # the toolkits itself. A worker killed by a toolkit crash raises BrokenProcessPool instead of hanging.
-    if start_method is None:
-        start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    chunk = max(1, min(64, len(items) // (workers * 8)))
-    with ProcessPoolExecutor(
-        workers, mp_context=mp.get_context(start_method), initializer=silence_toolkits,
-        initargs=(_bonds.RDKIT_LOG_LEVEL,),
-    ) as pool:  # fmt: skip
-        return list(bar(pool.map(func, *zip(*items), chunksize=chunk)))
+    """``[func(*item) for item in items]`` in order, over :func:`unite_sci.parallel.parallel_map`.
+
+    An item that raises or runs past ``time_limit_s`` becomes ``failed(item, reason)``: one molecule must
+    neither crash nor stall an evaluation. Logging setup is per process: each worker silences the toolkits
+    in its initializer, and this process within the block (the serial path and its fallback).
+    """
+    with quiet_toolkits():
+        outs = parallel_map(_Star(func), items, workers, time_limit_s, desc=desc, progress=progress,
+                            start_method=start_method or DEFAULT_START_METHOD,
+                            initializer=silence_toolkits, initargs=(_bonds.RDKIT_LOG_LEVEL,))
+    return [o.value if o.error is None else failed(item, o.error) for o, item in zip(outs, items)]
 
 
-def _pct(num: float, den: float) -> float:
-    return 100.0 * num / den if den else 0.0
+def _unjudged(item: tuple, reason: str) -> GenerationRecord:
+    z, pos, index = item[:3]
+    z_arr, _, refused = check_input(z, pos)
+    return unjudged_record(index, len(z_arr), refused or reason, rejected=bool(refused))
 
 
 def _write_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:
@@ -120,8 +130,10 @@ def evaluate_generation(
     progress: bool = True,
     min_distance: float = MIN_DISTANCE,
     start_method: str | None = None,
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
 ) -> dict[str, float]:
-    """Generation metrics of sampled molecules, in percent (``num_samples`` is a count).
+    """Generation metrics of sampled molecules, in percent (``num_samples`` is a count; a percentage of
+    an empty set, such as uniqueness without a valid molecule, is NaN).
 
     Args:
         z_list: atomic numbers per molecule, each (n_i,).
@@ -129,12 +141,15 @@ def evaluate_generation(
         train_smiles: training-set SMILES made by the same route (:func:`training_smiles`), or None to
             skip novelty.
         per_sample_csv: where to write one row per sample (:class:`GenerationRecord` fields).
-        workers: processes (default: the CPUs this process may use; 1 = in this process).
+        workers: processes (None or 0: the CPUs this process may use; 1 = in this process).
         progress: show a tqdm bar.
         min_distance: a molecule with a pair closer than this (Angstrom) counts in ``too_close_fraction``;
             no verdict depends on it.
-        start_method: multiprocessing start method for the pool (default: fork where available, else
-            spawn, which needs the caller's script to guard its entry point with ``if __name__``).
+        start_method: multiprocessing start method for the pool (default: spawn, see
+            :mod:`unite_sci.parallel`; a script without an ``if __name__ == "__main__":`` guard then
+            falls back to this process, with a warning).
+        time_limit_s: per molecule (seconds; None = no limit); past it the molecule counts as invalid
+            and unstable, its reason ``timeout>...`` in the per-sample CSV.
 
     Returns:
         ``num_samples``, ``adit/validity``, ``adit/uniqueness``, ``adit/novelty`` and
@@ -148,7 +163,8 @@ def evaluate_generation(
     if len(z_list) != len(pos_list):
         raise ValueError(f"{len(z_list)} atom-type arrays but {len(pos_list)} coordinate arrays")
     items = [(z, p, i, min_distance) for i, (z, p) in enumerate(zip(z_list, pos_list))]
-    records = _map(evaluate_molecule, items, workers, progress, "QM9 metrics", start_method)
+    records = _map(evaluate_molecule, items, _unjudged, workers=workers, progress=progress, desc="QM9 metrics",
+                   start_method=start_method, time_limit_s=time_limit_s)
     if per_sample_csv is not None:
         _write_csv(per_sample_csv, (asdict(r) for r in records))
     n = len(records)
@@ -158,23 +174,23 @@ def evaluate_generation(
     n_atoms = sum(r.n_atoms for r in records)
     out = {
         "num_samples": float(n),
-        "adit/validity": _pct(len(valid), n),
-        "adit/uniqueness": _pct(len(unique), len(valid)),
-        "adit/validity_with_h": _pct(sum(r.valid_with_h for r in records), n),
-        "edm/atom_stability": _pct(sum(r.stable_atoms for r in records), n_atoms),
-        "edm/molecule_stability": _pct(sum(r.stable for r in records), n),
-        "edm/validity": _pct(sum(r.edm_valid for r in records), n),
-        "connected_validity": _pct(sum(r.connected for r in records), n),
-        "canonical/validity": _pct(len(canonical), n),
-        "canonical/connected_validity": _pct(sum(r.canonical_connected for r in records), n),
-        "canonical/uniqueness": _pct(len(set(canonical)), len(canonical)),
-        "too_close_fraction": _pct(sum(r.too_close for r in records), n),
-        "invalid_input": _pct(sum(r.rejected for r in records), n),
+        "adit/validity": percent(len(valid), n),
+        "adit/uniqueness": percent(len(unique), len(valid)),
+        "adit/validity_with_h": percent(sum(r.valid_with_h for r in records), n),
+        "edm/atom_stability": percent(sum(r.stable_atoms for r in records), n_atoms),
+        "edm/molecule_stability": percent(sum(r.stable for r in records), n),
+        "edm/validity": percent(sum(r.edm_valid for r in records), n),
+        "connected_validity": percent(sum(r.connected for r in records), n),
+        "canonical/validity": percent(len(canonical), n),
+        "canonical/connected_validity": percent(sum(r.canonical_connected for r in records), n),
+        "canonical/uniqueness": percent(len(set(canonical)), len(canonical)),
+        "too_close_fraction": percent(sum(r.too_close for r in records), n),
+        "invalid_input": percent(sum(r.rejected for r in records), n),
     }
     if train_smiles is not None:
         novel = unique - set(train_smiles)
-        out["adit/novelty"] = _pct(len(novel), len(valid))
-        out["adit/novelty_of_unique"] = _pct(len(novel), len(unique))
+        out["adit/novelty"] = percent(len(novel), len(valid))
+        out["adit/novelty_of_unique"] = percent(len(novel), len(unique))
     return out
 
 
@@ -192,13 +208,15 @@ def training_smiles(
     workers: int | None = None,
     progress: bool = True,
     start_method: str | None = None,
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
 ) -> set[str]:
     """SMILES of training molecules made from their coordinates by the ADiT route, for novelty.
 
     The data set's own SMILES strings cannot be used: they carry no stereo, while the ADiT route assigns
     stereo from the 3-D coordinates, so nearly every chiral sample would count as novel. ``cache_path``
     (a text file, one SMILES a line) is reused when its header matches the inputs and library versions;
-    QM9's 100,000 training molecules take a few minutes on one core.
+    QM9's 100,000 training molecules take a few minutes on one core. The pool settings are those of
+    :func:`evaluate_generation`; a molecule that fails or runs out of time gives no SMILES.
     """
     key = hashlib.sha1(repr(sorted(provenance().items())).encode())
     for z, p in zip(z_list, pos_list):
@@ -209,22 +227,25 @@ def training_smiles(
             if f.readline().rstrip("\n") == header:
                 return {line.rstrip("\n") for line in f if line.strip()}
     items = list(zip(z_list, pos_list))
-    smiles = {s for s in _map(_adit_smiles, items, workers, progress, "training SMILES", start_method) if s}
+    found = _map(_adit_smiles, items, lambda item, why: "", workers=workers, progress=progress,
+                 desc="training SMILES", start_method=start_method, time_limit_s=time_limit_s)
+    smiles = {s for s in found if s}
     if cache_path is not None:
-        path = Path(cache_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        tmp.write_text("\n".join([header, *sorted(smiles)]) + "\n", encoding="utf-8")
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        text = "\n".join([header, *sorted(smiles)]) + "\n"
+        atomic_write(cache_path, lambda f: f.write(text), binary=False)  # a concurrent reader never sees half
     return smiles
 
 
 # ------------------------------------------------------------------------------------------ reconstruction
 
 
+def _no_match(index: int, reason: str = "") -> dict:
+    return {"index": index, "match": False, "rmsd": float("inf"), "reason": reason, "inchi": ""}
+
+
 def _reconstruction_one(z_ref: object, p_ref: object, z_rec: object, p_rec: object, index: int) -> dict:
     """Match and RMSD of one reconstruction (never raises on bad input)."""
-    row = {"index": index, "match": False, "rmsd": float("inf"), "reason": "", "inchi": ""}
+    row = _no_match(index)
     z1, p1, why = check_input(z_ref, p_ref)
     if why:
         return {**row, "reason": f"reference: {why}"}
@@ -258,6 +279,7 @@ def reconstruction_metrics(
     workers: int | None = None,
     progress: bool = True,
     start_method: str | None = None,
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
 ) -> dict[str, float]:
     """Reconstruction match rate (%) and RMSD (Angstrom), as ADiT's tokenizer evaluation.
 
@@ -270,6 +292,8 @@ def reconstruction_metrics(
     Args:
         ref_list: reference molecules ``(z (n,), pos (n, 3) Angstrom)``.
         rec_list: reconstructions, same order and length.
+        workers, progress, start_method, time_limit_s: as :func:`evaluate_generation`; a pair past the
+            time limit is no match.
 
     Returns:
         ``num_samples``, ``reconstruction/match_rate`` (%), ``reconstruction/rmsd`` (mean over matched
@@ -278,13 +302,15 @@ def reconstruction_metrics(
     if len(ref_list) != len(rec_list):
         raise ValueError(f"{len(ref_list)} references but {len(rec_list)} reconstructions")
     items = [(zr, pr, zc, pc, i) for i, ((zr, pr), (zc, pc)) in enumerate(zip(ref_list, rec_list))]
-    rows = _map(_reconstruction_one, items, workers, progress, "QM9 reconstruction", start_method)
+    rows = _map(_reconstruction_one, items, lambda item, why: _no_match(item[4], f"failed: {why}"),
+                workers=workers, progress=progress, desc="QM9 reconstruction", start_method=start_method,
+                time_limit_s=time_limit_s)
     if per_sample_csv is not None:
         _write_csv(per_sample_csv, rows)
     rmsd = [r["rmsd"] for r in rows if r["match"]]
     return {
         "num_samples": float(len(rows)),
-        "reconstruction/match_rate": _pct(len(rmsd), len(rows)),
+        "reconstruction/match_rate": percent(len(rmsd), len(rows)),
         "reconstruction/rmsd": float(np.mean(rmsd)) if rmsd else float("nan"),
     }
 

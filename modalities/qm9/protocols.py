@@ -205,6 +205,18 @@ def edm_verdict(z: np.ndarray, pos: np.ndarray) -> tuple[bool, int, str, bool]:
     return bool(stable.all()), int(stable.sum()), unstable, valid
 
 
+def unjudged_record(index: int, n_atoms: int, reason: str, rejected: bool) -> GenerationRecord:
+    """The record of a molecule no protocol judged: invalid and unstable on every count, with ``reason``.
+
+    ``rejected``: refused as input (:func:`check_input`); otherwise a check failed or ran out of time.
+    """
+    return GenerationRecord(
+        index=index, n_atoms=n_atoms, rejected=rejected, too_close=False, min_pair_distance=float("nan"),
+        valid=False, valid_with_h=False, reason=reason, smiles="", connected=False, stable=False, edm_valid=False,
+        stable_atoms=0, unstable="", canonical_valid=False, canonical_smiles="", canonical_connected=False,
+    )  # fmt: skip
+
+
 def evaluate_molecule(
     z: object, pos: object, index: int = 0, min_distance: float = MIN_DISTANCE
 ) -> GenerationRecord:
@@ -215,11 +227,7 @@ def evaluate_molecule(
     z_arr, p_arr, reason = check_input(z, pos)
     n = len(z_arr)
     if reason:
-        return GenerationRecord(
-            index=index, n_atoms=n, rejected=True, too_close=False, min_pair_distance=float("nan"), valid=False,
-            valid_with_h=False, reason=reason, smiles="", connected=False, stable=False, edm_valid=False,
-            stable_atoms=0, unstable="", canonical_valid=False, canonical_smiles="", canonical_connected=False,
-        )  # fmt: skip
+        return unjudged_record(index, n, reason, rejected=True)
     d_min = closest_pair(p_arr)
     adit = adit_verdict(z_arr, p_arr)
     stable, n_stable, unstable, edm_valid = edm_verdict(z_arr, p_arr)

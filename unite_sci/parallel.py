@@ -1,13 +1,16 @@
-"""Process-parallel map with a per-item time limit, for slow pymatgen work on crystals.
+"""Process-parallel map with a per-item time limit: the one pool every modality's evaluation uses.
 
-CIF parsing, SMACT enumeration and ``StructureMatcher`` comparisons are pure-Python CPU work: threads do
-not help, and one pathological structure (a garbage cell with thousands of lattice candidates) can take
+Scoring generated samples is per-item work in domain toolkits that holds the GIL: threads do not help,
+and one pathological sample (garbage that sends a toolkit's search into millions of candidates) can take
 minutes. Each item therefore runs under ``SIGALRM``; a hung item comes back as a failure with its reason
 ("timeout>10s") instead of stalling the whole evaluation.
 
 Workers start with ``spawn`` by default: forking a parent that already runs torch / OpenMP threads can
 deadlock. Callers keep worker functions at module level (picklable), in modules that do not import torch
 (each spawned worker would otherwise pay about 1.7 s and 0.9 GB to import it).
+
+Worker counts follow one rule, :func:`resolve_workers`: ``None`` or ``0`` = every CPU this process may
+use, ``n >= 1`` = n processes, 1 = in this process.
 """
 from __future__ import annotations
 
@@ -20,16 +23,39 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
 DEFAULT_START_METHOD = "spawn"
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(n: int | None) -> int:
+    """Worker processes for a requested count: None or 0 = :func:`available_cpus`, n >= 1 = n.
+
+    0 means "all" because config files hold integers (``data.eval_workers: 0``) and YAML ``null`` reads
+    badly there; both spellings mean the same so that no caller has to translate one into the other.
+    """
+    if n is None or n == 0:
+        return available_cpus()
+    if n < 0:
+        raise ValueError(f"workers must be >= 0 (0 or None = all CPUs), got {n}")
+    return int(n)
 
 
 class ItemTimeout(BaseException):
     """Raised inside an item when its time limit passes. A BaseException so that library code with a
-    bare ``except Exception`` (pymatgen has some) cannot swallow it."""
+    bare ``except Exception`` (some toolkits have them) cannot swallow it."""
 
 
 @dataclass
@@ -49,7 +75,9 @@ def run_limited(fn: Callable[[Any], Any], item: Any, time_limit_s: float | None)
     """``fn(item)`` with a wall-clock limit (seconds; None or 0 = no limit).
 
     The limit needs ``SIGALRM``, which only the main thread of a process can receive; elsewhere the item
-    runs unlimited. Exceptions become ``error`` strings: garbage input must never crash an evaluation.
+    runs unlimited. A limit interrupts Python code only: a single C call that never returns (inside a
+    toolkit) is not stopped. Exceptions become ``error`` strings: garbage input must never crash an
+    evaluation.
     """
     use_alarm = bool(time_limit_s) and hasattr(signal, "setitimer") and \
         threading.current_thread() is threading.main_thread()
@@ -85,36 +113,48 @@ class _Limited:
         return run_limited(self.fn, item, self.time_limit_s)
 
 
-def _init_worker() -> None:
+def _init_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
     # Workers must stay single-threaded: N processes x M BLAS threads oversubscribe shared cores.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in _THREAD_VARS:
         os.environ[var] = "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the parent
+    if initializer is not None:
+        initializer(*initargs)
 
 
-def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int = 1,
-                 time_limit_s: float | None = None, desc: str | None = None,
+def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int | None = 1,
+                 time_limit_s: float | None = None, *, desc: str | None = None,
                  chunksize: int | None = None, start_method: str = DEFAULT_START_METHOD,
-                 progress: bool = True) -> list[Outcome]:
-    """Apply ``fn`` to every item, in order, in ``workers`` processes (1 = in this process).
+                 progress: bool = True, initializer: Callable[..., None] | None = None,
+                 initargs: tuple = ()) -> list[Outcome]:
+    """Apply ``fn`` to every item, in order, in worker processes (see :func:`resolve_workers`).
 
-    fn: a module-level function (pickled by reference). time_limit_s: per item, see :func:`run_limited`.
-    Returns one :class:`Outcome` per item, in input order.
+    Args:
+        fn: a module-level function or a picklable callable of one item (pickled by reference).
+        workers: processes; 1 = in this process, as is any list too short to pay for starting them.
+        time_limit_s: per item, see :func:`run_limited`; None or 0 = no limit.
+        initializer, initargs: run once in each worker process after its thread caps are set (e.g. to
+            silence a toolkit's logging, which is per process). Never run in this process: the serial
+            path would change this process's state for good, so callers that need the same effect
+            here wrap the call themselves.
+    Returns: one :class:`Outcome` per item, in input order.
     """
+    workers = resolve_workers(workers)
     limited = _Limited(fn, time_limit_s)
     n = len(items)
     bar = dict(total=n, desc=desc, disable=not progress or n == 0, leave=False, mininterval=1.0)
-    if workers <= 1 or n < 2 * max(workers, 1):
+    if workers <= 1 or n < 2 * workers:
         return [limited(x) for x in tqdm(items, **bar)]
     if chunksize is None:
         # Small chunks balance the load (items differ 100x in cost); bigger ones cut pickling overhead.
         chunksize = max(1, min(64, n // (workers * 8)))
     # Child processes inherit the environment at start: set the thread caps before they exist.
-    saved = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    saved = {v: os.environ.get(v) for v in _THREAD_VARS}
     os.environ.update({v: "1" for v in saved})
     try:
         ctx = mp.get_context(start_method)
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx,
+                                 initializer=partial(_init_worker, initializer, tuple(initargs))) as pool:
             return list(tqdm(pool.map(limited, items, chunksize=chunksize), **bar))
     except BrokenProcessPool as e:
         # A worker died (out of memory, or a parent whose __main__ spawn cannot re-import, such as a

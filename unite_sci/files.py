@@ -1,0 +1,93 @@
+"""Files written whole or not at all, and the hash that names a file's content.
+
+Every file the toolkit writes for later runs to read (checkpoints, caches, samples, metrics, reports)
+goes through :func:`atomic_write`: the bytes go to a temporary file in the same folder, are flushed and
+fsynced, and ``os.replace`` moves them under the final name. A crash (a killed job, a full disk) then
+leaves the previous file or the new one, never half a file under a valid name, and a reader never sees
+a file in progress. The temporary name holds the process id and a random tag, so concurrent writers of
+one path (two jobs filling the same cache) never write into each other's file; the last rename wins.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import secrets
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from .errors import UserError
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename itself lives in the folder's entry table: without this a power cut can undo it.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], *, binary: bool) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, then move it into place.
+
+    Args:
+        path: the final file; its folder is created when missing.
+        write: fills the open file (e.g. ``lambda f: np.savez(f, **arrays)``); it must not close it.
+        binary: open the file as bytes, else as UTF-8 text.
+    Returns: ``path``. Raises whatever ``write`` or the file system raised (OSError on a full or
+    read-only disk), after removing the temporary file; an existing file at ``path`` is then untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        # "x": never open another writer's file; plain open (not mkstemp) keeps the umask's permissions
+        with open(tmp, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8"})) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MB blocks, so any size fits in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) inside dicts, lists and tuples replaced by None.
+
+    Strict JSON has no such numbers: ``json.dumps`` would write the bare word ``NaN``, which most JSON
+    readers refuse. An undefined number (a percentage of nothing, a mean over no matches) becomes null.
+    """
+    if isinstance(obj, float):  # numpy's float64 included
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Atomic JSON write (indent 2, non-finite numbers as null, other objects as ``str``); UserError
+    naming the path when the folder cannot be written."""
+    text = json.dumps(json_ready(obj), indent=2, default=str)
+    try:
+        return atomic_write(path, lambda f: f.write(text), binary=False)
+    except OSError as e:
+        raise UserError(f"cannot write '{path}': {e.strerror or e}") from None
