@@ -110,9 +110,18 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
     rows.append(sanity_row(opts.sanity, config))
     rows += [{"method": k, **v} for k, v in REFERENCES.items()]
     u = results["unite"]
-    train = u.get("training", {})
-    settings = (f"- Budget: {budget} CPU minutes per method; UNITE trained {train.get('steps', '?')} steps "
-                f"in {train.get('elapsed_s', 0):.0f} s on {train.get('device', '?')}\n"
+    # Steps and wall time of the model actually scored: a given checkpoint's own (recorded in it and read
+    # back by load_model), never the budget this run would have trained for.
+    steps, wall = u.get("train_steps", "?"), float(u.get("train_wall_s") or 0)
+    machine = u.get("machine", {})
+    where = f"{machine.get('processor')}, {machine.get('torch_threads')} torch thread(s)"
+    if checkpoint:
+        budget_line = (f"- Budget: none in this run; UNITE loaded from {checkpoint}, trained {steps} steps in "
+                       f"{wall:.0f} s (the checkpoint's own training); sampled and scored on {where}\n")
+    else:
+        budget_line = (f"- Budget: {budget} CPU minutes per method; UNITE trained {steps} steps in {wall:.0f} s "
+                       f"on {u.get('training', {}).get('device', '?')} ({where})\n")
+    settings = (budget_line +
                 f"- Samples: {u['sampling']['num_samples']} per method"
                 f"{' (fewer than the protocol 10,000)' if u['sampling']['num_samples'] < 10000 else ''}; "
                 f"solver {u['sampling']['solver']} {u['sampling']['steps']} steps, seed {u['sampling']['seed']}, "

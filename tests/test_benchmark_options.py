@@ -66,3 +66,18 @@ def test_the_cli_prints_the_refusal_as_one_line(tmp_path):
                         "baselin=false"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("error: benchmark option 'baselin': unknown, valid: recon,")
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_qm9_report_of_a_checkpoint_states_its_own_training(tmp_path, monkeypatch):
+    # The report of `benchmark qm9 --checkpoint X` once said "30.0 CPU minutes; trained ? steps in 0 s":
+    # the default budget instead of the checkpoint's own steps and wall time.
+    from unite_sci_benchmarks import qm9
+
+    fake = {"generation": {}, "reconstruction": {}, "reconstruction_num": 3, "training": {},
+            "sampling": {"num_samples": 4, "solver": "heun", "steps": 10, "seed": 0, "samples_per_s": 1.0},
+            "train_steps": 1234, "train_wall_s": 567.8, "machine": {"processor": "x86_64", "torch_threads": 2}}
+    monkeypatch.setattr(qm9, "run_protocol", lambda *a, **k: fake)
+    monkeypatch.setattr(qm9, "sanity_row", lambda *a, **k: {"method": "Data"})
+    report = qm9.run(str(tmp_path), num_samples=4, checkpoint="ckpt.pt").read_text()
+    line = next(x for x in report.splitlines() if x.startswith("- Budget"))
+    assert "1234 steps in 568 s" in line and "ckpt.pt" in line and "x86_64" in line and "30.0" not in line

@@ -78,3 +78,57 @@ def test_garbage_checkpoint_is_refused(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     r = cli("sample", "--checkpoint", bad, "--num", 2, "--out", tmp_path / "o", check=False)
     assert r.returncode == 2 and "cannot be read" in r.stderr
+
+
+def test_closed_stdout_ends_without_a_traceback():
+    # The reader goes away before the first line is written (`unite-sci list | head -0`): EPIPE for sure.
+    p = subprocess.Popen([sys.executable, "-m", "unite_sci.cli", "list"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=ENV)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize("name,content", [("config.yaml", b"model:\n  depth: 2\n"),
+                                          ("random.bin", bytes(range(256)) * 4)])
+def test_a_file_that_is_not_a_checkpoint_gives_one_line(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    r = cli("sample", "--checkpoint", path, "--num", 2, "--out", tmp_path / "o", check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert str(path) in lines[0] and "not a unite-sci checkpoint" in lines[0]
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate", "benchmark"])
+def test_an_unwritable_out_is_refused_before_any_work(trained, tmp_path, command):
+    bad = "/dev/null/out"  # a folder can never be made under a device file, whoever runs the test
+    args = {"sample": ["sample", "--checkpoint", trained / "checkpoints" / "last.pt", "--num", 2, "--out", bad],
+            # the samples do not exist either: the output folder must be refused first
+            "evaluate": ["evaluate", "--modality", "toy", "--samples", tmp_path / "none", "--out", bad + "/m.json"],
+            "benchmark": ["benchmark", "toy", "--checkpoint", trained / "checkpoints" / "last.pt",
+                          "--out", bad]}[command]
+    r = cli(*args, check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert lines[0].startswith("error: cannot write to output folder '/dev/null/out")
+
+
+def test_every_option_has_help_and_its_default_and_train_lists_the_modalities():
+    import argparse
+
+    from unite_sci.adapter import available
+    from unite_sci.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            where = f"{name} {action.option_strings or action.dest}"
+            assert action.help, f"{where} has no help text"
+            # a required option or a repeatable one (empty by default) has no default to state
+            if action.option_strings and not action.required and not isinstance(action, argparse._AppendAction):
+                assert "default" in action.help, f"{where} does not state its default"
+    help_text = cli("train", "--help").stdout
+    assert all(m in help_text for m in available()) and available()

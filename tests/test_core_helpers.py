@@ -147,3 +147,16 @@ def test_masked_mean_closed_form():
 def test_percent_of_nothing_is_undefined():
     assert percent(1, 4) == 25.0 and percent(1, 3, digits=4) == 33.3333 and percent(0, 5) == 0.0
     assert math.isnan(percent(0, 0)) and math.isnan(percent(0, 0, digits=4))
+
+
+def test_every_modality_caches_under_one_root(monkeypatch, tmp_path: Path) -> None:
+    from unite_sci.files import cache_root
+    from unite_sci_modalities.crystals.data import default_cache_dir as crystals_cache
+    from unite_sci_modalities.qm9.data import default_cache_dir as qm9_cache
+
+    monkeypatch.delenv("UNITE_SCI_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_root() == tmp_path / ".cache" / "unite-sci"
+    assert qm9_cache().parent == crystals_cache().parent == cache_root()
+    monkeypatch.setenv("UNITE_SCI_CACHE", str(tmp_path / "c"))
+    assert qm9_cache().parent == crystals_cache().parent == cache_root() == tmp_path / "c"

@@ -81,3 +81,13 @@ def test_reference_cache_and_plot(tmp_path):
     png = tmp_path / "sg.png"
     S.plot_space_groups(np.array([225, 1, 1]), np.ones(3, bool), a, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_long_reference_build_is_announced_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(S, "NOTICE_MIN_ITEMS", 2)  # the real threshold is hundreds of crystals
+    items = [_rocksalt(), _perovskite(), _wurtzite()]
+    S.reference_space_groups(items, tmp_path, workers=1, progress=False)
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith("note: finding the space groups of 3 reference crystals")
+    S.reference_space_groups(items, tmp_path, workers=1, progress=False)  # cached: nothing to announce
+    assert "note:" not in capsys.readouterr().err

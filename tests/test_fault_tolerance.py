@@ -157,3 +157,92 @@ def test_grad_clip_zero_means_no_clipping(tmp_path):
     logs = tr.train_step(batch)
     assert logs is not None and logs["grad_norm"] > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.model.parameters())
+
+
+# --------------------------------------------------------------------- SIGINT / SIGTERM
+def _wait_for_a_step(proc: subprocess.Popen, metrics: Path, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and '"step"' in metrics.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no step logged (rc {proc.poll()})")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_a_checkpoint_and_resume_continues_from_it(tmp_path, sig):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "unite_sci.cli", *ARGS, "--out", str(out)]
+    cmd[cmd.index("--max-steps") + 1] = "100000"  # only the signal ends it
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_a_step(proc, out / "metrics.jsonl")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    state = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    step = state["step"]
+    assert step > 0 and f"{sig.name} at step {step}" in err and f"step_{step:08d}.pt" in err, err
+
+    r = run(out, "--resume", "--max-steps", str(step + 2))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resumed from step {step} (" in r.stderr and f"step_{step:08d}.pt" in r.stderr, r.stderr
+    assert torch.load(out / "checkpoints/last.pt", weights_only=True)["step"] == step + 2
+
+
+def test_resume_with_nothing_to_resume_says_where_it_looked(tmp_path):
+    r = run(tmp_path / "fresh", "--resume", "--max-steps", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "nothing to resume" in r.stderr and str(tmp_path / "fresh" / "checkpoints") in r.stderr, r.stderr
+
+
+def test_a_second_signal_during_the_checkpoint_write_keeps_the_previous_one(tmp_path):
+    from unite_sci.checkpoint import atomic_save, latest_complete
+    from unite_sci.errors import Interrupted
+    from unite_sci.files import atomic_write
+    from unite_sci.stopping import StopSignals
+
+    atomic_save({"format": "unite-sci/1", "step": 1, "modality": "toy"}, tmp_path / "step_00000001.pt")
+
+    def write(fh):  # the second signal arrives half-way through the next checkpoint
+        fh.write(b"partial")
+        os.kill(os.getpid(), signal.SIGTERM)
+        fh.write(b"never")
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the first one only asks the loop to stop
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(Interrupted, match="second SIGTERM") as e:
+            atomic_write(tmp_path / "step_00000002.pt", write, binary=True)
+    assert e.value.exit_code == 143
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001.pt"]  # no .tmp, no step 2
+    assert latest_complete(tmp_path)["step"] == 1
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # restored
+
+
+# --------------------------------------------------------------------- bit-exact under load
+BURN = "import time\nend = time.time() + 600\nwhile time.time() < end: pass"
+
+
+def test_two_thread_runs_and_a_resume_are_bit_identical_while_the_cpu_is_loaded(tmp_path):
+    env = {**ENV, "OMP_NUM_THREADS": "2"}
+    args = ["train.threads=2", "--max-steps", "8"]
+    burner = subprocess.Popen([sys.executable, "-c", BURN])
+    try:
+        runs = []
+        for name, extra in (("a", []), ("b", []), ("half", ["--max-steps", "4"])):
+            r = subprocess.run([sys.executable, "-m", "unite_sci.cli", *ARGS, "--out", str(tmp_path / name),
+                                *args, *extra], env=env, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr[-2000:]
+        r = subprocess.run([sys.executable, "-m", "unite_sci.cli", *ARGS, "--out", str(tmp_path / "half"),
+                            *args, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and "resumed from step 4" in r.stderr, r.stderr[-2000:]
+    finally:
+        burner.kill()
+        burner.wait()
+    a, b, c = (torch.load(tmp_path / n / "checkpoints/last.pt", weights_only=True) for n in ("a", "b", "half"))
+    assert a["step"] == b["step"] == c["step"] == 8
+    for other in (b, c):
+        for key in ("model", "ema"):
+            assert all(torch.equal(a[key][k], other[key][k]) for k in a[key]), key

@@ -171,3 +171,49 @@ def test_truncated_and_npy_npz(tmp_path: Path) -> None:
     os.replace(tmp_path / "single.npy", tmp_path / "single.npz")
     with pytest.raises(DataError, match="single.npz: not an .npz"):
         read_molecules(tmp_path / "single.npz")
+
+
+def test_exported_files_are_readable_by_others(real: tuple, tmp_path: Path) -> None:
+    # Samples are shared results: mode 0644 under the usual umask, not a private temporary file's 0600.
+    from unite_sci.files import write_json
+    from unite_sci_modalities.qm9 import render
+
+    old = os.umask(0o022)
+    try:
+        z, pos = real
+        write_extxyz(tmp_path / "samples.extxyz", z, pos)
+        render.write_sdf(tmp_path / "samples.sdf", z, pos)
+        render.gallery_png(tmp_path / "gallery.png", z, pos)
+        write_json({"unique_pct": float("nan")}, tmp_path / "metrics.json")
+    finally:
+        os.umask(old)
+    for name in ("samples.extxyz", "samples.sdf", "gallery.png", "metrics.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_sdf_holds_the_bonds_the_gallery_draws(tmp_path: Path) -> None:
+    # A carbon with five carbon neighbours at 1.5 A: perception bonds all five, RDKit refuses the
+    # five-valent carbon. The gallery draws that graph, so the SDF record must carry it too (marked),
+    # not fall back to atoms only.
+    from rdkit import Chem
+
+    from unite_sci_modalities.qm9 import render
+
+    z = np.array([6, 6, 6, 6, 6, 6])
+    pos = 1.5 * np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1]])
+    render.write_sdf(tmp_path / "s.sdf", [z], [pos])
+    (mol,) = list(Chem.SDMolSupplier(str(tmp_path / "s.sdf"), removeHs=False, sanitize=False))
+    drawn = render._broken(z, pos)
+    assert mol.GetProp("bonds") == "perceived, unsanitised"
+    assert mol.GetNumBonds() > 0 and drawn.GetNumBonds() == sum(
+        1 for b in mol.GetBonds() if b.GetBeginAtom().GetAtomicNum() > 1 and b.GetEndAtom().GetAtomicNum() > 1)
+
+
+def test_gallery_captions_break_between_words() -> None:
+    from unite_sci_modalities.qm9.render import _caption
+
+    text = "invalid: RDKit sanitisation failed: explicit valence for atom # 3 C, 5, is greater than permitted"
+    words = set(text.split())
+    for line in _caption(text).splitlines():
+        assert all(w in words or w == "..." for w in line.split()), line
+    assert _caption("C" * 60).replace("\n", "") == "C" * 60  # a long SMILES is wrapped, not cut

@@ -386,7 +386,8 @@ def test_sdf_round_trip(tmp_path: Path) -> None:
     zs = ZS[:5] + [np.array([0, 6])]
     ps = PS[:5] + [np.array([[0.0, 0, 0], [1.5, 0, 0]])]  # unusable (Z = 0): written with atoms only
     assert render.write_sdf(path, zs, ps) >= 4
-    back = list(Chem.SDMolSupplier(str(path), removeHs=False))
+    # not sanitised: a record whose perceived bonds RDKit refuses ('perceived, unsanitised') is kept too
+    back = list(Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False))
     assert len(back) == len(zs) and all(m is not None for m in back)
     for m, z, p in zip(back, zs, ps):
         assert [a.GetAtomicNum() for a in m.GetAtoms()] == list(z)
@@ -401,3 +402,13 @@ def test_gallery_png(tmp_path: Path) -> None:
     ps = PS[:6] + [np.zeros((2, 3)), np.array([[0, 0, 0], [np.nan, 0, 0], [1, 0, 0]])]
     render.gallery_png(path, zs, ps, n=16)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_novelty_reference_build_is_announced_once(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(metrics, "NOTICE_MIN_ITEMS", 2)  # the real threshold is a thousand molecules
+    cache = tmp_path / "train_smiles.txt"
+    metrics.training_smiles(ZS[:3], PS[:3], cache, workers=1, progress=False)
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith("note: building the novelty reference (SMILES of 3 ")
+    metrics.training_smiles(ZS[:3], PS[:3], cache, workers=1, progress=False)  # cached: no notice
+    assert "note:" not in capsys.readouterr().err

@@ -2,15 +2,22 @@
 
 A modality is one small class with the members of :class:`Adapter`. The core trains, samples and
 evaluates any class that satisfies it; it never imports a modality. Adapters are found by name in a
-registry filled by the :func:`register` decorator and by the ``unite_sci.adapters`` entry-point group
-(how this package's own adapters and third-party ones are discovered).
+registry filled by the :func:`register` decorator, by the ``unite_sci.adapters`` entry-point group
+(how this package's own adapters and installed third-party ones are discovered) and by :func:`load_adapter`
+(``--adapter package.module:Class`` or ``UNITE_SCI_ADAPTERS``: an importable class, nothing installed).
+
+An adapter package ships its default config as data beside its code (:func:`default_config_source`).
 
 Units, dataset facts (splits, seeds, statistics) and the conversion back to domain objects live in the
 adapter and only there.
 """
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from dataclasses import dataclass
+from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence, runtime_checkable
@@ -23,6 +30,7 @@ from .errors import UserError
 from .model import RegisterLayout
 
 ENTRY_POINT_GROUP = "unite_sci.adapters"
+ADAPTERS_ENV = "UNITE_SCI_ADAPTERS"  # comma-separated package.module:Class, loaded like --adapter
 
 
 @dataclass
@@ -130,6 +138,8 @@ class AdapterBase:
     """Defaults for the optional parts of the Protocol; subclass and override what the domain needs."""
 
     num_classes: int = 0
+    default_config: Any = None  # shipped defaults: a mapping, or a YAML file beside the module (see
+                                # default_config_source); None: ``<name>.yaml`` there, if any
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -186,6 +196,8 @@ def _discover() -> None:
     _DISCOVERED = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         _REGISTRY.setdefault(ep.name, ep)  # loaded on first use
+    for spec in filter(None, (s.strip() for s in os.environ.get(ADAPTERS_ENV, "").split(","))):
+        load_adapter(spec, ADAPTERS_ENV)
 
 
 def available() -> list[str]:
@@ -193,11 +205,76 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def unknown_modality(name: str, origin: str = "") -> UserError:
+    """The one-line refusal for a modality nobody registered: the registered names and how to add one."""
+    where = f" (it was trained with adapter {origin})" if origin else ""
+    return UserError(f"unknown modality {name!r}{where}; available: {', '.join(available())}; an adapter "
+                     f"in another package registers through the entry-point group '{ENTRY_POINT_GROUP}' "
+                     f"or loads with --adapter {origin or 'package.module:Class'} (or {ADAPTERS_ENV})")
+
+
+def class_path(cls: type) -> str:
+    """``package.module:Class``, the form --adapter takes (recorded in checkpoints)."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def load_adapter(spec: str, what: str = "--adapter") -> type:
+    """Import ``package.module:Class`` and register it under its ``name`` (or keep its @register name).
+
+    Nothing is installed: the module must be importable from ``sys.path``; the current folder is tried
+    last (as ``python -m`` would), so an adapter beside the user's data works without PYTHONPATH.
+    """
+    module_name, _, cls_name = spec.partition(":")
+    if not module_name or not cls_name:
+        raise UserError(f"{what} {spec!r} is not of the form package.module:Class")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"{what} {spec!r}: module {module_name!r} cannot be imported ({e})") from None
+    cls: Any = module
+    for part in cls_name.split("."):
+        cls = getattr(cls, part, None)
+    if not isinstance(cls, type):
+        raise UserError(f"{what} {spec!r}: module {module_name!r} has no class {cls_name!r}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{what} {spec!r}: the class has no `name` (decorate it with @register(\"name\") "
+                        f"or set the class attribute `name`)")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def default_config_source(cls: type) -> Any:
+    """The defaults an adapter package ships: its class attribute ``default_config`` (a mapping of config
+    keys, or the name of a YAML file beside its module), else ``<name>.yaml`` beside its module if that
+    exists; None when there are none. Found through ``importlib.resources`` so an installed (even zipped)
+    package works; the file must then be in the package's data."""
+    own = getattr(cls, "default_config", None)
+    if isinstance(own, dict):
+        return own
+    module = sys.modules.get(cls.__module__)
+    package = getattr(module, "__package__", None)
+    if package:
+        folder: Any = resources.files(package)
+    elif getattr(module, "__file__", None):  # a top-level module: its folder
+        folder = Path(module.__file__).parent
+    else:
+        return None
+    if isinstance(own, str):
+        if not folder.joinpath(own).is_file():
+            raise UserError(f"adapter {class_path(cls)}: default_config file {own!r} is not beside its module")
+        return folder.joinpath(own)
+    found = folder.joinpath(f"{cls.name}.yaml")
+    return found if found.is_file() else None
+
+
 def get_adapter_class(name: str) -> type:
     """The adapter class registered under ``name``; UserError listing the valid names otherwise."""
     _discover()
     if name not in _REGISTRY:
-        raise UserError(f"unknown modality {name!r}; available: {', '.join(available())}")
+        raise unknown_modality(name)
     entry = _REGISTRY[name]
     if not isinstance(entry, type):
         try:
@@ -221,3 +298,37 @@ def missing_members(obj: Any) -> Sequence[str]:
     wanted = [m for m in Adapter.__annotations__] + [
         m for m in dir(Adapter) if not m.startswith("_") and callable(getattr(Adapter, m, None))]
     return [m for m in wanted if not hasattr(obj, m)]
+
+
+# ----------------------------------------------------------------------------- modules an adapter builds
+class FnModule(nn.Module):
+    """A function as a module: ``FnModule(fn, *modules)`` calls ``fn(*args)`` and owns ``modules``, so the
+    parameters ``fn`` uses are trained and saved. With no modules it declares a deliberately parameter-free
+    embedder or head (which the build-time check otherwise refuses).
+
+        lin = nn.Linear(2, width)
+        return FnModule(lambda data, mask: lin(data["points"]), lin)   # (B, N, 2) -> (B, N, width)
+    """
+
+    def __init__(self, fn: Callable[..., Any], *modules: nn.Module):
+        super().__init__()
+        self.fn = fn
+        self.owned = nn.ModuleList(modules)
+
+    def forward(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+def checked_module(obj: Any, adapter: Any, method: str) -> nn.Module:
+    """``obj`` as returned by ``adapter.<method>``, refused in one line unless it is an ``nn.Module`` with
+    parameters (or an :class:`FnModule`): a plain function or a module that does not own its layers trains
+    without error, but its weights are never optimised nor saved."""
+    where = f"{type(adapter).__name__}.{method}"
+    if not isinstance(obj, nn.Module):
+        raise UserError(f"{where} returned {type(obj).__name__}, not a torch.nn.Module; wrap a function with "
+                        f"unite_sci.adapter.FnModule(fn, *modules_it_uses)")
+    if not isinstance(obj, FnModule) and not any(True for _ in obj.parameters()):
+        raise UserError(f"{where} returned a {type(obj).__name__} with no parameters (layers it uses but does "
+                        f"not own are never trained nor saved); register them as attributes, or wrap a "
+                        f"deliberately parameter-free function in unite_sci.adapter.FnModule(fn)")
+    return obj

@@ -7,7 +7,9 @@ is a copy of the newest (same procedure).
 """
 from __future__ import annotations
 
+import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +54,17 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist")
+    # torch.save writes a zip archive: anything else (a YAML file, random bytes, a cut-off download) is
+    # refused here in one line, before torch.load answers with a paragraph about its own options.
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"'{path}' is not a unite-sci checkpoint (cannot be read as a torch file; "
+                        "wrong file, or truncated)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated file, pickle of foreign objects...
+    except pickle.UnpicklingError:  # weights_only refused a pickle of foreign objects
+        raise UserError(f"'{path}' is not a unite-sci checkpoint (holds objects other than tensors "
+                        "and plain data)") from None
+    except Exception as e:  # damaged archive
         raise UserError(f"checkpoint '{path}' cannot be read: {str(e).splitlines()[0][:200]}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"checkpoint '{path}' is not a unite-sci checkpoint ({FORMAT})")

@@ -21,44 +21,63 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unite-sci", description="Single-stage generative modelling (UNITE).")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="registered modalities, benchmarks and presets")
+    from .adapter import available
 
-    t = sub.add_parser("train", help="train a model (single stage by default)")
-    t.add_argument("--modality", required=True)
-    t.add_argument("--preset", help="model preset (tiny, small, S, B, L, XL)")
-    t.add_argument("--config", help="YAML file merged over configs/<modality>.yaml")
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--budget-minutes", type=float)
-    t.add_argument("--out", help="run folder (default runs/<modality>)")
-    t.add_argument("--data-dir", help="folder with the data set's files (modality-specific)")
-    t.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    t.add_argument("overrides", nargs="*", help="key=value config overrides")
+    # Every option says what it does and its default; None defaults come from the modality's config,
+    # which the help text says rather than printing "None".
+    def command(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, **kw)
 
-    s = sub.add_parser("sample", help="generate samples from a checkpoint")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--num", type=int, required=True)
-    s.add_argument("--solver", choices=["heun", "euler", "dopri5"])
-    s.add_argument("--steps", type=int)
-    s.add_argument("--cfg", type=float, help="classifier-free guidance scale")
-    s.add_argument("--seed", type=int)
+    command("list", "registered modalities, benchmarks and presets")
+
+    modalities = ", ".join(available())
+    t = command("train", "train a model (single stage by default)", epilog=f"registered modalities: {modalities}")
+    t.add_argument("--modality", required=True, help=f"what to model, one of: {modalities}")
+    t.add_argument("--preset", help="model preset (tiny, small, S, B, L, XL) (default: the config's model.preset)")
+    t.add_argument("--config", help="YAML file merged over the modality's default config (default: none)")
+    t.add_argument("--max-steps", type=int, help="stop after this many steps (default: the config's "
+                                                 "train.max_steps)")
+    t.add_argument("--budget-minutes", type=float, help="stop after this much wall time (default: the "
+                                                        "config's train.budget_minutes)")
+    t.add_argument("--out", help="run folder (default: runs/<modality>)")
+    t.add_argument("--data-dir", help="folder with the data set's files (default: the modality's own, "
+                                      "downloaded into the cache)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint "
+                                                         "(default: start from step 0)")
+    t.add_argument("overrides", nargs="*", help="key=value config overrides (default: none)")
+
+    s = command("sample", "generate samples from a checkpoint")
+    s.add_argument("--checkpoint", required=True, help="a .pt file written by `unite-sci train`")
+    s.add_argument("--num", type=int, required=True, help="how many samples")
+    s.add_argument("--solver", choices=["heun", "euler", "dopri5"], help="ODE solver (default: the "
+                                                                         "checkpoint's sample.solver)")
+    s.add_argument("--steps", type=int, help="solver steps (default: the checkpoint's sample.steps)")
+    s.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the checkpoint's "
+                                             "sample.cfg)")
+    s.add_argument("--seed", type=int, help="random seed (default: the checkpoint's sample.seed)")
     s.add_argument("--out", required=True, help="folder for the exported samples")
 
-    e = sub.add_parser("evaluate", help="metrics of samples on disk")
-    e.add_argument("--modality", required=True)
-    e.add_argument("--samples", required=True)
+    e = command("evaluate", "metrics of samples on disk")
+    e.add_argument("--modality", required=True, help=f"how to read and score the samples, one of: {modalities}")
+    e.add_argument("--samples", required=True, help="a file or folder written by `unite-sci sample`")
     e.add_argument("--per-sample", help="CSV with one row per sample; the modality's plots go beside it "
-                                        "(default with --out: <out without .json>_per_sample.csv)")
-    e.add_argument("--out", help="write the metrics JSON here too")
-    e.add_argument("--data-dir")
-    e.add_argument("overrides", nargs="*", help="data.key=value settings of the modality")
+                                        "(default: with --out, <out without .json>_per_sample.csv, else none)")
+    e.add_argument("--out", help="write the metrics JSON here too (default: print only)")
+    e.add_argument("--data-dir", help="folder with the data set's files, for reference metrics (default: "
+                                      "the modality's own)")
+    e.add_argument("overrides", nargs="*", help="data.key=value settings of the modality (default: none)")
 
-    b = sub.add_parser("benchmark", help="train for a budget (or load), sample, evaluate, report")
+    b = command("benchmark", "train for a budget (or load), sample, evaluate, report")
     b.add_argument("name", help="a benchmark (see `unite-sci list`) or a modality")
-    b.add_argument("--budget-minutes", type=float)
-    b.add_argument("--num-samples", type=int)
-    b.add_argument("--checkpoint")
-    b.add_argument("--out")
+    b.add_argument("--budget-minutes", type=float, help="training budget (default: the benchmark's own)")
+    b.add_argument("--num-samples", type=int, help="samples to score (default: the benchmark's own)")
+    b.add_argument("--checkpoint", help="score this checkpoint instead of training (default: train)")
+    b.add_argument("--out", help="report folder (default: runs/benchmark_<name>)")
     b.add_argument("overrides", nargs="*", help="key=value config overrides")
+    for command in (sub.choices["list"], t, s, e, b):
+        command.add_argument("--adapter", action="append", default=[], metavar="PACKAGE.MODULE:CLASS",
+                             help="register this adapter class (importable from sys.path or the current "
+                                  "folder; nothing installed); repeatable. Also: $UNITE_SCI_ADAPTERS")
     return p
 
 
@@ -89,6 +108,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .engine import load_config, train
+    from .files import writable_dir
 
     _check_positive("--max-steps", args.max_steps)
     _check_positive("--budget-minutes", args.budget_minutes)
@@ -103,6 +123,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         over.append(f"data.data_dir={args.data_dir}")
     over.append(f"out={args.out or os.path.join('runs', args.modality)}")
     cfg = load_config(args.modality, args.config, over)
+    writable_dir(cfg.out, "run folder")  # before the data is built or a step is taken
     summary = train(cfg, resume=args.resume)
     print(json.dumps(summary, indent=2))
 
@@ -119,12 +140,15 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .engine import evaluate_path
-    from .files import json_ready, write_json
+    from .files import json_ready, writable_dir, write_json
 
     over = ([f"data.data_dir={args.data_dir}"] if args.data_dir else []) + list(args.overrides)
     per_sample = args.per_sample
     if per_sample is None and args.out:  # rows and plots land in the output folder, beside the JSON
         per_sample = os.path.splitext(args.out)[0] + "_per_sample.csv"
+    for target in (args.out, per_sample):  # before the metrics run (the first may build a reference)
+        if target:
+            writable_dir(os.path.dirname(os.path.abspath(target)))
     metrics = evaluate_path(args.modality, args.samples, per_sample, over)
     if args.out:
         write_json(metrics, args.out)
@@ -134,11 +158,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> None:
     from .adapter import available
     from .errors import UserError
+    from .files import writable_dir
 
     _check_positive("--budget-minutes", args.budget_minutes)
     _check_positive("--num-samples", args.num_samples)
     out = args.out or os.path.join("runs", f"benchmark_{args.name}")
     benches = _benchmarks()
+    if args.name in benches or args.name in available():
+        writable_dir(out)  # before the benchmark trains or samples
     if args.name in benches:
         try:
             fn: Callable[..., Any] = benches[args.name].load()
@@ -174,18 +201,33 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    from .errors import UserError
+    from .errors import Interrupted, UserError
 
     # Libraries' deprecation notices about their own internals (torch.jit.script inside lpips and
     # torch-geometric) are not the user's business and would break the one-line error contract.
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script.*")
     try:
+        from .adapter import load_adapter
+
+        for spec in args.adapter:
+            load_adapter(spec)
         COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe must fail here, inside the try, not at interpreter exit
+    except BrokenPipeError:
+        # The reader (`unite-sci list | head -1`) has what it wanted: no traceback. Point stdout at
+        # devnull so the interpreter's own flush at exit does not raise again; 141 = 128 + SIGPIPE,
+        # what a shell reports for any tool that stops on a closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; resume with --resume (checkpoints are complete files)", file=sys.stderr)
+    except Interrupted as e:  # training saved a checkpoint first; the message says where
+        print(f"interrupted: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # outside the training loop nothing is saved, so promise nothing
+        print("error: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 import os
 import platform
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
+from importlib.resources import as_file
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .adapter import Adapter, get_adapter_class
+from .adapter import Adapter, available, default_config_source, get_adapter_class, unknown_modality
 from .checkpoint import load_checkpoint
 from .config import RunConfig, SampleConfig, build_config, from_yaml, to_yaml
 from .errors import UserError
-from .files import file_hash, write_json
+from .files import file_hash, writable_dir, write_json
 from .model import CPU_PRESETS
 from .sampling import sample_latents
 from .trainer import Trainer, resolve_device
@@ -30,12 +32,18 @@ CONFIG_DIR = Path(os.environ.get("UNITE_SCI_CONFIGS", Path(__file__).resolve().p
 
 
 def load_config(modality: str, config_file: str | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Defaults <- ``configs/<modality>.yaml`` (if present) <- ``config_file`` <- overrides."""
+    """Schema defaults <- the adapter package's shipped defaults (``default_config`` or ``<modality>.yaml``
+    beside its module, if any) <- ``configs/<modality>.yaml`` of this repository (if present) <-
+    ``config_file`` <- ``key=value`` overrides. Later sources win key by key."""
     cls = get_adapter_class(modality)
-    files = [p for p in [CONFIG_DIR / f"{modality}.yaml"] if p.is_file()]
-    if config_file:
-        files.append(Path(config_file))
-    return build_config(modality, cls.config_class, files, overrides)
+    shipped = default_config_source(cls)
+    with ExitStack() as stack:  # a packaged (even zipped) resource as a real file while it is read
+        files: list[Any] = [] if shipped is None else [
+            shipped if isinstance(shipped, dict) else stack.enter_context(as_file(shipped))]
+        files += [p for p in [CONFIG_DIR / f"{modality}.yaml"] if p.is_file()]
+        if config_file:
+            files.append(Path(config_file))
+        return build_config(modality, cls.config_class, files, overrides)
 
 
 def make_adapter(cfg: RunConfig) -> Adapter:
@@ -79,6 +87,8 @@ def load_model(checkpoint: str | Path, device: str = "auto", use_ema: bool | Non
         loaded.train_steps, loaded.ema  # also in provenance(loaded), beside every reported number
     """
     state = load_checkpoint(Path(checkpoint))
+    if state["modality"] not in available():  # name the adapter class it was trained with, if recorded
+        raise unknown_modality(state["modality"], state.get("adapter_class", ""))
     cls = get_adapter_class(state["modality"])
     cfg = from_yaml(state["config"], cls.config_class)
     fixed = [o for o in overrides if not o.startswith(("sample.", "data."))]
@@ -212,17 +222,13 @@ def evaluate_path(modality: str, samples: str, per_sample_csv: str | None = None
 def sample_to_disk(checkpoint: str, out: str, num: int, overrides: dict[str, Any]) -> dict[str, Any]:
     """CLI ``sample``: load, generate, export in the modality's formats, record the settings."""
     loaded = load_model(checkpoint)
+    out_dir = writable_dir(out)  # before sampling: a bad --out must not cost the sampling time
     adapter, cfg = loaded.adapter, loaded.cfg
     scfg = cfg.sample
     for k, v in overrides.items():
         if v is not None:
             setattr(scfg, k, v)
     samples, info = generate(loaded.model, adapter, scfg, num)
-    out_dir = Path(out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder '{out_dir}': {e.strerror or e}") from None
     files = adapter.export(samples, out_dir)
     meta = {**info, **provenance(loaded), "files": [str(f) for f in files], "config": to_yaml(cfg)}
     write_json(meta, out_dir / "samples_meta.json")

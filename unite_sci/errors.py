@@ -16,3 +16,12 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A configuration key that is unknown, mistyped or out of range: names the key."""
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT / SIGTERM. The CLI prints the message (where the run was saved) on
+    stderr and exits with ``exit_code``: 128 + the signal number, as a shell reports a killed process."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -59,6 +59,38 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], *, b
     return path
 
 
+CACHE_ENV = "UNITE_SCI_CACHE"
+
+
+def cache_root() -> Path:
+    """The one folder under which every modality keeps files it can rebuild (parsed data sets,
+    reference statistics): ``$UNITE_SCI_CACHE`` if set, else ``~/.cache/unite-sci``. Not created here;
+    writers create their own subfolder. (Crystals once used ``~/.cache/unite_sci``: such old files are
+    simply not read any more and get rebuilt once; nothing is migrated.)
+    """
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "unite-sci"
+
+
+def writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``path`` (and parents) and prove a file can be written there; UserError naming it if not.
+
+    Called before any sampling or training, so that a read-only or mistyped ``--out`` is refused in
+    one line at once instead of after an hour of work. ``mkdir`` alone succeeds on an existing
+    read-only folder, hence the probe file (removed again).
+    """
+    path = Path(path)
+    probe = path / f".write-test.{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with open(probe, "x"):
+            pass
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to {what} '{path}': {e.strerror or e}") from None
+    return path
+
+
 def file_hash(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes (read in 1 MB blocks, so any size fits in memory)."""
     digest = hashlib.sha256()

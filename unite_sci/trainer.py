@@ -2,7 +2,11 @@
 
 Exact resume: the data order is a function of (seed, epoch), every step reseeds the RNGs from
 (seed, step, rank), and checkpoints hold model, EMA, optimisers, step and RNG states. A run of N steps
-therefore equals N/2 steps + resume + N/2 steps bit for bit on the CPU.
+therefore equals N/2 steps + resume + N/2 steps bit for bit on the CPU, with any thread count and any
+load on the machine as long as ``train.deterministic`` is on (the default).
+
+SIGINT / SIGTERM: the current step finishes, a checkpoint is written and the run stops with
+:class:`~unite_sci.errors.Interrupted` (the CLI exits 130 / 143); see :mod:`unite_sci.stopping`.
 
 Sample quality during training: every ``train.sample_every`` steps rank 0 generates ``train.sample_num``
 samples with the EMA weights and logs the adapter's ``quick_metrics`` as a ``sample/*`` row of
@@ -15,6 +19,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from dataclasses import replace
@@ -27,11 +32,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from .adapter import Adapter, Batch, has_quick_metrics
+from .adapter import Adapter, Batch, class_path, has_quick_metrics
 from .checkpoint import latest_complete, save_checkpoint
 from .config import OptimConfig, RunConfig, to_yaml
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .plots import plot_losses
+from .stopping import StopSignals, signal_name
 from .unite import Phase, Unite
 
 
@@ -201,6 +207,10 @@ class Trainer:
         self.device = resolve_device(t.device)
         if t.threads:
             torch.set_num_threads(t.threads)
+        if t.deterministic and self.device.type == "cpu":
+            # some multi-threaded CPU kernels otherwise accumulate in an order set by thread timing, so
+            # a loaded machine changes the last bits; warn_only: an op without such a kernel still runs
+            torch.use_deterministic_algorithms(True, warn_only=True)
         self.rank, self.world = init_distributed(self.device)
         torch.manual_seed(t.seed)
         self.splits = adapter.build_splits()
@@ -210,6 +220,7 @@ class Trainer:
         self.base_lr = cfg.optim.lr * (t.batch_size / cfg.optim.lr_reference_batch
                                        if cfg.optim.lr_reference_batch else 1.0)
         self.step, self.elapsed, self.nonfinite, self.skipped = 0, 0.0, 0, 0
+        self.resumed_from: str | None = None  # the checkpoint file :meth:`resume` loaded
         self._sampling = has_quick_metrics(adapter)
         if t.sample_every and not self._sampling and self.rank == 0:
             warnings.warn(f"train.sample_every is set, but the {adapter.name!r} adapter has no quick_metrics: "
@@ -259,6 +270,7 @@ class Trainer:
                 "optimizers": [o.state_dict() for o in self.optimizers], "step": self.step,
                 "phase": self.phase.value, "phase_start": self.phase_start, "elapsed": self.elapsed, "skipped": self.skipped, "rng": rng_state(),
                 "config": to_yaml(self.cfg), "modality": self.adapter.name,
+                "adapter_class": class_path(type(self.adapter)),  # named when the modality is not registered
                 "adapter_state": self.adapter.state_dict()}
 
     def resume(self) -> bool:
@@ -279,6 +291,7 @@ class Trainer:
         for o, s in zip(self.optimizers, state["optimizers"]):
             o.load_state_dict(s)
         self.step, self.elapsed, self.skipped = state["step"], state["elapsed"], state["skipped"]
+        self.resumed_from = state["path"]
         set_rng_state(state["rng"])
         self._truncate_metrics(self.step)
         return True
@@ -403,9 +416,8 @@ class Trainer:
     # ------------------------------------------------------------------ run
     def fit(self, resume: bool = False, stop_at: int | None = None) -> dict[str, Any]:
         """Train until max_steps / budget. ``stop_at`` halts early without a final checkpoint,
-        as a killed run would (used to test resuming)."""
-        from tqdm import tqdm
-
+        as a killed run would (used to test resuming). On SIGINT / SIGTERM it saves a checkpoint at the
+        step reached and raises :class:`Interrupted`."""
         t = self.cfg.train
         if not t.max_steps and not t.budget_minutes:
             raise UserError("set train.max_steps or train.budget_minutes (--max-steps / --budget-minutes)")
@@ -415,17 +427,35 @@ class Trainer:
                 (self.out / "config.yaml").write_text(to_yaml(self.cfg))
             except OSError as e:
                 raise UserError(f"cannot write to run folder '{self.out}': {e.strerror or e}") from None
+        with StopSignals() as stop:
+            return self._fit(stop, resume, stop_at)
+
+    def _fit(self, stop: StopSignals, resume: bool, stop_at: int | None) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        t = self.cfg.train
         resumed = self.resume() if resume else False
+        if resume and self.rank == 0:  # never silent: a fresh start under --resume may be a wrong --out
+            print(f"resumed from step {self.step} ({self.resumed_from})" if resumed else
+                  f"nothing to resume: no complete checkpoint in '{self.out / 'checkpoints'}'; "
+                  "starting from step 0", file=sys.stderr, flush=True)
         if not resumed and self.rank == 0:
             (self.out / "metrics.jsonl").write_text("")
         bar = tqdm(total=t.max_steps or None, initial=self.step, disable=not t.progress or self.rank > 0,
                    desc=f"train {self.adapter.name}", dynamic_ncols=True)
         last_ckpt_time, last_ckpt_step = time.time(), self.step
+        last_path = Path(self.resumed_from) if resumed else None
         window_t, window_n = time.time(), 0
         loader = iter(self._loader())
         log = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
         try:
             while not self._done():
+                signum = self._stop_requested(stop)
+                if signum:
+                    if last_path is None or last_ckpt_step != self.step:
+                        last_path = self.save()
+                    raise Interrupted(f"{signal_name(signum)} at step {self.step}: saved '{last_path}'; "
+                                      "continue with --resume", signum)
                 if stop_at is not None and self.step >= stop_at:
                     return {"steps": self.step, "stopped": True}
                 if t.mode == "two_stage" and self.phase == Phase.TOKENIZER and self.progress() >= t.tokenizer_fraction:
@@ -456,7 +486,7 @@ class Trainer:
                 due = (self.step - last_ckpt_step >= t.ckpt_every
                        or time.time() - last_ckpt_time >= 60 * t.ckpt_every_minutes)
                 if due and not self._done():
-                    self.save()
+                    last_path = self.save()
                     last_ckpt_time, last_ckpt_step = time.time(), self.step
         finally:
             bar.close()
@@ -467,6 +497,15 @@ class Trainer:
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
         return {"steps": self.step, "elapsed_s": self.elapsed, "skipped_steps": self.skipped,
                 "checkpoint": str(path), "device": str(self.device), "world_size": self.world}
+
+    def _stop_requested(self, stop: StopSignals) -> int:
+        """The signal that asks this run to stop, or 0; the same on every process."""
+        signum = stop.signum or 0
+        if self.world > 1:  # all ranks must stop at the same step, or the checkpoint's barrier hangs
+            flag = torch.tensor([signum], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+        return signum
 
     def _done(self) -> bool:
         t = self.cfg.train

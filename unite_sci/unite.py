@@ -21,7 +21,7 @@ from enum import StrEnum
 import torch
 from torch import Tensor, nn
 
-from .adapter import Adapter, Batch
+from .adapter import Adapter, Batch, checked_module
 from .config import RunConfig
 from .flow import flow_loss, interpolate, logit_normal_time
 from .model import PRESETS, GenerativeEncoder, LatentDecoder, Registers
@@ -75,8 +75,8 @@ class Unite(nn.Module):
         self.decoder = LatentDecoder(adapter.layout, m.latent_dim, width=a.dec_width, depth=a.dec_depth,
                                      heads=a.dec_heads, mlp_ratio=m.mlp_ratio,
                                      pos_table=adapter.decoder_positions(a.dec_width))
-        self.embedder = adapter.build_embedder(a.width)
-        self.heads = adapter.build_heads(a.dec_width)
+        self.embedder = checked_module(adapter.build_embedder(a.width), adapter, "build_embedder")
+        self.heads = checked_module(adapter.build_heads(a.dec_width), adapter, "build_heads")
         self.phase = Phase.JOINT  # set by Trainer.enter_phase only
         self.shard = (0, 1)  # (rank, world): random draws are made for the global batch and sliced
 

@@ -63,7 +63,7 @@ class CrystalConfig:
     dataset: str = one_of("mp20", cdata.DATASETS)  # mp20 | perov5 | carbon24
     data_dir: Optional[str] = None      # canonical train/val/test csv folder; None: the offline protocol
     offline_root: Optional[str] = None  # offline copies; None: $UNITE_SCI_CRYSTAL_DATA or ../shared/data/crystals
-    cache_dir: Optional[str] = None     # parsed-csv cache; None: ~/.cache/unite_sci/crystals, "": off
+    cache_dir: Optional[str] = None     # parsed-csv cache; None: ~/.cache/unite-sci/crystals, "": off
     holdout_fraction: float = ranged(0.1, lo=0, hi=1, open_lo=True, open_hi=True)  # offline protocol: share
                                         # of the training rows held out as val
     split_seed: int = 0                 # offline protocol: seed of the held-out slice

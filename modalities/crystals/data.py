@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import numpy as np
 
 from unite_sci.errors import ConfigError, DataError
-from unite_sci.files import atomic_write
+from unite_sci.files import atomic_write, cache_root
 from unite_sci.parallel import parallel_map
 
 from ..atoms import MAX_Z
@@ -232,7 +232,8 @@ def _load_cache(target: Path) -> _ParsedFile | None:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("UNITE_SCI_CACHE", Path.home() / ".cache" / "unite_sci")) / "crystals"
+    """``crystals`` under :func:`unite_sci.files.cache_root`, the cache root every modality shares."""
+    return cache_root() / "crystals"
 
 
 def parse_file(path: str | Path, max_atoms: int, min_distance: float = 0.5, workers: int = 1,

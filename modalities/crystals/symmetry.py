@@ -18,6 +18,7 @@ Metrics (percentages over valid samples, distances between normalised histograms
 from __future__ import annotations
 
 import hashlib
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +36,7 @@ ANGLE_TOLERANCE = 5.0  # degrees
 SYSTEM_STARTS = (1, 3, 16, 75, 143, 168, 195)
 SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
 _CACHE_FORMAT = 1
+NOTICE_MIN_ITEMS = 500  # about a second of spglib or more: a one-line notice says so before it starts
 
 
 def space_group_task(item: Any, symprec: float = SYMPREC, angle_tolerance: float = ANGLE_TOLERANCE) -> int:
@@ -74,6 +76,10 @@ def reference_space_groups(crystals: Sequence[Any], cache_dir: str | Path | None
     path = None if cache_dir is None else Path(cache_dir) / f"space_groups-{h.hexdigest()[:16]}.npy"
     if path is not None and path.is_file():
         return np.load(path)
+    if len(crystals) >= NOTICE_MIN_ITEMS:  # minutes for MP-20's training set: say why the wait, once
+        where = f", cached in {path}" if path is not None else ""
+        print(f"note: finding the space groups of {len(crystals):,} reference crystals (once{where})",
+              file=sys.stderr, flush=True)
     sg = space_groups(crystals, workers, time_limit_s, symprec=symprec, angle_tolerance=angle_tolerance,
                       progress=progress)
     if path is not None:

