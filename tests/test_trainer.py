@@ -178,3 +178,14 @@ def test_compiled_step_matches_eager(tmp_path, monkeypatch):
     for _ in range(2):
         la, lb = eager.train_step(batch), comp.train_step(batch)
         assert abs(la["loss"] - lb["loss"]) < 1e-4 * max(1.0, abs(la["loss"]))
+
+
+def test_budget_run_shows_a_time_bar_with_total_and_eta(tmp_path, capsys):
+    """A run limited by wall time counts seconds against its budget (a total, hence an ETA); a run limited
+    by steps counts steps."""
+    tr = make_trainer(tmp_path / "a", "train.max_steps=0", "train.budget_minutes=0.05", "train.progress=true")
+    tr.fit()
+    assert "/3 [" in capsys.readouterr().err  # 0.05 minutes = 3 seconds
+    tr = make_trainer(tmp_path / "b", "train.max_steps=4", "train.progress=true")
+    tr.fit()
+    assert "/4 [" in capsys.readouterr().err

@@ -441,8 +441,11 @@ class Trainer:
                   "starting from step 0", file=sys.stderr, flush=True)
         if not resumed and self.rank == 0:
             (self.out / "metrics.jsonl").write_text("")
-        bar = tqdm(total=t.max_steps or None, initial=self.step, disable=not t.progress or self.rank > 0,
-                   desc=f"train {self.adapter.name}", dynamic_ncols=True)
+        # A budget run counts seconds (total and ETA known); a step-limited run counts steps.
+        timed = bool(t.budget_minutes) and not t.max_steps
+        bar = tqdm(total=round(60 * t.budget_minutes) if timed else (t.max_steps or None),
+                   initial=round(self.elapsed) if timed else self.step, unit="s" if timed else "it",
+                   disable=not t.progress or self.rank > 0, desc=f"train {self.adapter.name}", dynamic_ncols=True)
         last_ckpt_time, last_ckpt_step = time.time(), self.step
         last_path = Path(self.resumed_from) if resumed else None
         window_t, window_n = time.time(), 0
@@ -465,13 +468,13 @@ class Trainer:
                 self.elapsed += time.time() - t0
                 self.step += 1
                 window_n += t.batch_size
-                bar.update(1)
+                bar.update(min(round(self.elapsed), bar.total) - bar.n if timed else 1)
                 if logs is not None and (self.step % t.log_every == 0 or self._done()):
                     rate = window_n / max(time.time() - window_t, 1e-9)
                     window_t, window_n = time.time(), 0
                     row = {"step": self.step, "phase": self.phase, "elapsed_s": round(self.elapsed, 2),
                            "samples_per_s": round(rate, 1), **{k: round(v, 6) for k, v in logs.items()}}
-                    bar.set_postfix(loss=f"{logs['loss']:.4f}", rec=f"{logs.get('rec', 0):.4f}",
+                    bar.set_postfix(step=self.step, loss=f"{logs['loss']:.4f}", rec=f"{logs.get('rec', 0):.4f}",
                                     flow=f"{logs.get('flow', 0):.4f}", sps=f"{rate:.0f}")
                     if log:
                         log.write(json.dumps(row) + "\n")
