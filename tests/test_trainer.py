@@ -185,7 +185,7 @@ def test_budget_run_shows_a_time_bar_with_total_and_eta(tmp_path, capsys):
     by steps counts steps."""
     tr = make_trainer(tmp_path / "a", "train.max_steps=0", "train.budget_minutes=0.05", "train.progress=true")
     tr.fit()
-    assert "/3 [" in capsys.readouterr().err  # 0.05 minutes = 3 seconds
+    assert "/3 s [" in capsys.readouterr().err  # 0.05 minutes = 3 seconds
     tr = make_trainer(tmp_path / "b", "train.max_steps=4", "train.progress=true")
     tr.fit()
     assert "/4 [" in capsys.readouterr().err

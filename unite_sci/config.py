@@ -136,9 +136,9 @@ class TrainConfig:
     max_nonfinite: int = positive(20)   # abort after this many non-finite steps in a row
     progress: bool = True
     deterministic: bool = True          # CPU: torch.use_deterministic_algorithms, so runs and resumes are bit
-                                        # for bit equal under any load (off: 2 threads on a busy CPU differ by
-                                        # ~1e-6); ignored on GPUs. Cost, QM9 tiny, 2 threads, a loaded 2-core
-                                        # machine, 60 s each: 25 samples/s off, 37 on: none above the noise
+                                        # for bit equal under load (issue #12 saw 2 threads on a busy CPU differ
+                                        # by ~1e-6 without it; not reproduced here); ignored on GPUs. Speed cost
+                                        # on a loaded 2-core machine, 60 s runs of the tiny preset: within noise
     sample_every: int = non_negative(0)  # >0: every n steps, sample with the EMA weights and log the
                                         # adapter's quick_metrics (rank 0; counts toward budget_minutes)
     sample_num: int = positive(200)     # samples per such check

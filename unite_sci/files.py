@@ -65,8 +65,8 @@ CACHE_ENV = "UNITE_SCI_CACHE"
 def cache_root() -> Path:
     """The one folder under which every modality keeps files it can rebuild (parsed data sets,
     reference statistics): ``$UNITE_SCI_CACHE`` if set, else ``~/.cache/unite-sci``. Not created here;
-    writers create their own subfolder. (Crystals once used ``~/.cache/unite_sci``: such old files are
-    simply not read any more and get rebuilt once; nothing is migrated.)
+    writers create their own subfolder. Older releases also used ``~/.cache/unite_sci``; such files are not
+    read any more and get rebuilt once (nothing is migrated).
     """
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "unite-sci"

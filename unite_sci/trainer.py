@@ -445,6 +445,8 @@ class Trainer:
         timed = bool(t.budget_minutes) and not t.max_steps
         bar = tqdm(total=round(60 * t.budget_minutes) if timed else (t.max_steps or None),
                    initial=round(self.elapsed) if timed else self.step, unit="s" if timed else "it",
+                   bar_format=("{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]"
+                               if timed else None),  # a seconds bar's "s/s" rate says nothing
                    disable=not t.progress or self.rank > 0, desc=f"train {self.adapter.name}", dynamic_ncols=True)
         last_ckpt_time, last_ckpt_step = time.time(), self.step
         last_path = Path(self.resumed_from) if resumed else None

@@ -27,6 +27,7 @@ import numpy as np
 
 from unite_sci.files import atomic_write
 from unite_sci.parallel import parallel_map
+from unite_sci.reduce import percent
 
 from .structures import build_structure, to_arrays
 
@@ -110,10 +111,9 @@ def space_group_metrics(sg: np.ndarray, valid: np.ndarray, ref_sg: np.ndarray) -
     """
     gen = sg[np.asarray(valid, bool) & (sg > 0)]
     ref = ref_sg[ref_sg > 0]
-    pct = (lambda x, n: 100.0 * x / n if n else float("nan"))
     return {
-        "space_group_p1_pct": pct(int((gen == 1).sum()), len(gen)),
-        "space_group_ref_p1_pct": pct(int((ref == 1).sum()), len(ref)),
+        "space_group_p1_pct": percent(int((gen == 1).sum()), len(gen)),
+        "space_group_ref_p1_pct": percent(int((ref == 1).sum()), len(ref)),
         "space_group_tv": _tv(gen, ref, 231),
         "crystal_system_tv": _tv(crystal_system(gen), crystal_system(ref), 7),
         "space_group_distinct": int(len(np.unique(gen))),
