@@ -20,6 +20,24 @@ from unite_sci.trainer import Trainer
 from unite_sci.unite import Phase
 
 
+# ---------------------------------------------------------------------------- timing
+def cuda_sync() -> None:
+    """Wait for the GPU's queued work. CUDA runs asynchronously (and training never waits for the host):
+    a clock read without it times the kernel launches, not the kernels."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Any, reps: int) -> float:
+    """Seconds per call of ``fn`` over ``reps`` calls, the GPU's work included."""
+    cuda_sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    cuda_sync()
+    return (time.perf_counter() - t0) / reps
+
+
 # ---------------------------------------------------------------------------- evaluation throughput
 def _real_samples(adapter: Any, num: int) -> list[Any]:
     """``num`` real test items in the adapter's sample form (what ``evaluate`` receives from a sampler)."""
@@ -112,10 +130,7 @@ def peak_memory(modality: str, preset: str, batch: int, precision: str = "fp32",
 # ---------------------------------------------------------------------------- two-stage phases
 def _step_time(tr: Trainer, batch: Any, reps: int) -> float:
     tr.train_step(batch)  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        tr.train_step(batch)
-    return (time.perf_counter() - t0) / reps
+    return timed(lambda: tr.train_step(batch), reps)
 
 
 def stage_costs(modality: str, preset: str, batch: int, reps: int, overrides: list[str] = ()) -> list[dict[str, Any]]:

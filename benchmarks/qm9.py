@@ -60,7 +60,8 @@ class QM9Options(StudyOptions):
     sanity: int = non_negative(1000)    # real test molecules scored like samples
 
 
-def _row(name: str, res: dict[str, Any]) -> dict[str, Any]:
+def result_row(name: str, res: dict[str, Any]) -> dict[str, Any]:
+    """One row of the results table (``COLUMNS``) from a :func:`run_protocol` result."""
     rec = res.get("reconstruction", {})
     return {"method": name, "match": rec.get("reconstruction/match_rate"), "rmsd": rec.get("reconstruction/rmsd"),
             **res["generation"]}
@@ -104,9 +105,9 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
         results["two_stage"] = run_protocol(
             "qm9", out_p / "two_stage", budget, num, None,
             config + ["train.mode=two_stage", "model.shared_weights=false"], recon)
-    rows = [_row("UNITE single-stage (this run)", results["unite"])]
+    rows = [result_row("UNITE single-stage (this run)", results["unite"])]
     if "two_stage" in results:
-        rows.append(_row("Two-stage baseline (this run, same budget)", results["two_stage"]))
+        rows.append(result_row("Two-stage baseline (this run, same budget)", results["two_stage"]))
     rows.append(sanity_row(opts.sanity, config))
     rows += [{"method": k, **v} for k, v in REFERENCES.items()]
     u = results["unite"]

@@ -32,7 +32,7 @@ from unite_sci.sampling import sample_latents
 from unite_sci.schema import ranged
 from unite_sci.trainer import Trainer, resolve_device
 
-from unite_sci_benchmarks.costs import eval_throughput, peak_memory, stage_costs
+from unite_sci_benchmarks.costs import cuda_sync, eval_throughput, peak_memory, stage_costs, timed
 
 
 @dataclass
@@ -54,28 +54,26 @@ class SpeedOptions:
 
 def matmul_flops(n: int = 1024, dtype: torch.dtype = torch.float32, seconds: float = 2.0,
                  device: str = "cpu") -> float:
-    """Sustained FLOP/s of an n x n x n matmul."""
+    """Sustained FLOP/s of an n x n x n matmul (on CUDA, fp32 means TF32 where
+    ``torch.get_float32_matmul_precision()`` allows it)."""
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
+    cuda_sync()  # the warm-up's kernels finish before the clock starts
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         reps += 1
-    if device != "cpu":
-        torch.cuda.synchronize()
+    cuda_sync()
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def _timed(fn, reps: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
-
-
 def measure_preset(modality: str, preset: str, batch: int, steps: int, precision: str,
-                   overrides: list[str]) -> dict[str, Any]:
+                   overrides: list[str], static_shapes: bool = False) -> dict[str, Any]:
+    """One training step of ``preset`` on one fixed batch: seconds, FLOPs, cost split, padding, peak GPU
+    memory of the timed steps (None on a CPU). ``static_shapes``: with ``train.compile=true``, compile for
+    this batch's shapes instead of the trainer's dynamic ones (faster to compile and to run; the timed
+    batch never changes shape)."""
     cfg = load_config(modality, overrides=[f"model.preset={preset}", f"train.batch_size={batch}",
                                            f"train.precision={precision}", "train.max_steps=1",
                                            "train.progress=false", *overrides])
@@ -92,20 +90,26 @@ def measure_preset(modality: str, preset: str, batch: int, steps: int, precision
         loss.backward()
     flops = fc.get_total_flops()
     tr.model.zero_grad(set_to_none=True)
+    if cfg.train.compile and static_shapes:
+        tr.ddp = torch.compile(tr.model, dynamic=False)  # in place of the trainer's dynamic=True wrapper
+    cuda = tr.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(tr.device)
     for _ in range(2 if cfg.train.compile else 1):  # warm-up (compiling, when asked, takes minutes)
         tr.train_step(b)
-    step_s = _timed(lambda: tr.train_step(b), steps)
+    step_s = timed(lambda: tr.train_step(b), steps)
+    peak_gpu = torch.cuda.max_memory_allocated(tr.device) / 2**20 if cuda else None
     m = tr.model
     autocast = torch.autocast(tr.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.no_grad(), autocast:
         regs = m.registers(b.mask, len(b.cond), tr.device)  # built once per step, as in training
         z0 = m.encode(b, regs)
         split = {
-            "data loading (collate + augment)": _timed(load, max(2, steps // 2)),
-            "tokenize pass (forward)": _timed(lambda: m.encode(b, regs), steps),
-            "decoder + reconstruction loss (forward)": _timed(
+            "data loading (collate + augment)": timed(load, max(2, steps // 2)),
+            "tokenize pass (forward)": timed(lambda: m.encode(b, regs), steps),
+            "decoder + reconstruction loss (forward)": timed(
                 lambda: adapter.reconstruction_loss(m.decode(z0, b.mask, regs), b), steps),
-            "one flow pass (forward)": _timed(lambda: m.flow_losses(z0, b.cond, regs), steps)
+            "one flow pass (forward)": timed(lambda: m.flow_losses(z0, b.cond, regs), steps)
             / cfg.flow.flow_batches,
         }
     fwd = sum(v for k, v in split.items() if "forward" in k)
@@ -117,7 +121,7 @@ def measure_preset(modality: str, preset: str, batch: int, steps: int, precision
             "step_s": step_s, "samples_per_s": batch / step_s, "flops_per_step": flops,
             "achieved_GFLOPs": flops / step_s / 1e9, "padding_share": pad,
             "padding_random_batches": pad_random, "padding_bucketed_batches": pad_bucketed, "cost_split_s": split,
-            "model": m, "adapter": adapter, "cfg": cfg}
+            "peak_gpu_MB": peak_gpu, "model": m, "adapter": adapter, "cfg": cfg}
 
 
 def padding_shares(adapter, data, batch: int, steps: int = 200, bucket: int = 16) -> tuple[float, float]:

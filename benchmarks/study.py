@@ -3,6 +3,7 @@
     unite-sci benchmark qm9-ablation --budget-minutes 10 --num-samples 1000 [seeds=0,1] [jobs=2]
                                      [candidates=base,selfcond,...] [recon=200]
     unite-sci benchmark qm9-scaling  minutes=10,30,120 [seeds=0,1] [jobs=2]
+    unite-sci benchmark mp20-ablation --budget-minutes 30 [candidates=base,two_stage,chem,...] [jobs=2]
 
 A *candidate* is a named list of config overrides (a training recipe) or, with ``from``, sampler settings
 applied to another candidate's checkpoints (no training of its own). Every (candidate, seed) pair is one
@@ -56,8 +57,20 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
     "frame+raw": (["from:frame", "sample.use_ema=false"], "frame checkpoints, raw weights instead of EMA"),
     "frame+shift1": (["from:frame", "sample.shift=1.0"], "frame checkpoints, sampler grid without time shift"),
 }
-METRICS = ["connected_validity", "edm/atom_stability", "edm/molecule_stability", "adit/validity",
-           "edm/validity", "match", "rmsd", "train_steps"]
+# Per modality: column -> (results section, key); a key also matches "<protocol>/<key>" (MP-20's metrics).
+METRICS: dict[str, dict[str, tuple[str, str]]] = {
+    "qm9": {"connected_validity": ("generation", "connected_validity"),
+            "edm/atom_stability": ("generation", "edm/atom_stability"),
+            "edm/molecule_stability": ("generation", "edm/molecule_stability"),
+            "adit/validity": ("generation", "adit/validity"), "edm/validity": ("generation", "edm/validity"),
+            "match": ("reconstruction", "reconstruction/match_rate"), "rmsd": ("reconstruction", "reconstruction/rmsd"),
+            "train_steps": ("", "train_steps")},
+    "mp20": {"valid": ("generation", "valid_pct"), "comp_valid": ("generation", "comp_valid_pct"),
+             "struct_valid": ("generation", "struct_valid_pct"),
+             "elements_per_crystal": ("generation", "elements_per_crystal"),
+             "match": ("reconstruction", "match_rate_pct"), "match_ungated": ("reconstruction", "match_rate_ungated_pct"),
+             "rmse": ("reconstruction", "rmse"), "train_steps": ("", "train_steps")},
+}
 
 
 @dataclass
@@ -99,16 +112,28 @@ def run_job(modality: str, run: Path, budget_minutes: float, num: int, recon: in
     return run_protocol(modality, run / "eval", None, num, str(ckpt), sample_ov, recon)
 
 
-def _row(res: dict[str, Any]) -> dict[str, float]:
-    rec = res.get("reconstruction", {})
-    g = res["generation"]
-    return {**{k: g.get(k) for k in METRICS[:5]}, "match": rec.get("reconstruction/match_rate"),
-            "rmsd": rec.get("reconstruction/rmsd"), "train_steps": res.get("train_steps")}
+def metrics_for(modality: str, first: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
+    """The table's columns: the modality's own, else every number of a job's generation metrics."""
+    if modality in METRICS:
+        return METRICS[modality]
+    gen = (first or {}).get("generation", {})
+    return {**{k: ("generation", k) for k, v in gen.items() if isinstance(v, (int, float))},
+            "train_steps": ("", "train_steps")}
 
 
-def _summary(rows: list[dict[str, float]]) -> dict[str, str]:
+def _lookup(section: dict[str, Any], key: str) -> Any:
+    if key in section:
+        return section[key]
+    return next((v for k, v in section.items() if k.endswith("/" + key)), None)
+
+
+def _row(res: dict[str, Any], metrics: dict[str, tuple[str, str]]) -> dict[str, float]:
+    return {col: _lookup(res.get(sec, {}) if sec else res, key) for col, (sec, key) in metrics.items()}
+
+
+def _summary(rows: list[dict[str, float]], metrics: dict[str, tuple[str, str]]) -> dict[str, str]:
     out = {}
-    for k in METRICS:
+    for k in metrics:
         vals = [r[k] for r in rows if isinstance(r.get(k), (int, float))]
         if not vals:
             out[k] = "–"
@@ -189,6 +214,8 @@ def run_study(modality: str, name: str, candidates: dict[str, tuple[list[str], s
         raise UserError(f"study jobs failed: {', '.join(failed)} (their messages are above); finished jobs "
                         "are kept, rerun the same command after fixing the cause")
     rows = []
+    done = sorted(out_p.glob("*/eval/results.json"))
+    metrics = metrics_for(modality, json.loads(done[0].read_text()) if done else None)
     for minutes in budgets:
         for cand in names:
             per_seed = []
@@ -197,11 +224,11 @@ def run_study(modality: str, name: str, candidates: dict[str, tuple[list[str], s
                 path = out_p / tag / "eval" / "results.json"
                 if path.is_file():
                     res = json.loads(path.read_text())
-                    results[tag] = _row(res)
+                    results[tag] = _row(res, metrics)
                     per_seed.append(results[tag])
             rows.append({"candidate": cand, "minutes": minutes, "seeds": len(per_seed),
-                         **_summary(per_seed), "what": candidates[cand][1]})
-    cols = ["candidate", "minutes", "seeds", *METRICS, "what"]
+                         **_summary(per_seed, metrics), "what": candidates[cand][1]})
+    cols = ["candidate", "minutes", "seeds", *metrics, "what"]
     table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" + "".join(
         "| " + " | ".join(str(r[c]) for c in cols) + " |\n" for r in rows)
     settings = (f"- {len(seeds)} seed(s) {seeds}; {num} samples per job; reconstruction on {recon} test items\n"
@@ -221,6 +248,33 @@ def qm9_ablation(out: str, budget_minutes: float | None = None, num_samples: int
     if checkpoint:
         raise UserError("qm9-ablation trains its own candidates; it takes no --checkpoint")
     return study("qm9", "qm9-ablation", CANDIDATES, out, [budget_minutes or 10.0], num_samples or 1000,
+                 list(overrides))
+
+
+MP20_CANDIDATES: dict[str, tuple[list[str], str]] = {
+    "base": ([], "configs/mp20.yaml as it stands"),
+    "two_stage": (["train.mode=two_stage", "model.shared_weights=false"],
+                  "two-stage baseline: tokenizer for half the budget, then a denoiser on its frozen latents"),
+    "chem": (["data.element_features=true"],
+             "element embedding and type logits through chemistry features (period, group, block, "
+             "electronegativity, oxidation states)"),
+    "latent8": (["model.latent_dim=8"], "latent width 8 per atom instead of 16"),
+    "decnoise": (["decoder_noise.prob=0.9", "decoder_noise.t_min=0.5"],
+                 "stronger decoder-side latent noise: p 0.9, t ~ U[0.5, 1]"),
+    "base+comp": (["from:base", "data.type_decode=composition"],
+                  "base checkpoints, types among the elements the composition head predicts present"),
+    "chem+comp": (["from:chem", "data.type_decode=composition"],
+                  "chem checkpoints, types among the elements the composition head predicts present"),
+}
+
+
+def mp20_ablation(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
+                  checkpoint: str | None = None, overrides: list[str] = ()) -> Path:
+    """MP-20 recipe study (``unite-sci benchmark mp20-ablation``): composition candidates and the two-stage
+    row at equal wall time, as ``qm9-ablation``."""
+    if checkpoint:
+        raise UserError("mp20-ablation trains its own candidates; it takes no --checkpoint")
+    return study("mp20", "mp20-ablation", MP20_CANDIDATES, out, [budget_minutes or 10.0], num_samples or 1000,
                  list(overrides))
 
 

@@ -93,6 +93,9 @@ class ToyAdapter(AdapterBase):
     def to_domain(self, out, mask):
         return [out["points"][i, mask[i]].float().cpu().numpy() for i in range(mask.shape[0])]
 
+    def items_from_domain(self, objs):
+        return [(np.asarray(p, dtype=np.float32).reshape(-1, 2), self.num_classes) for p in objs]
+
     def batch_to_domain(self, batch):
         return self.to_domain(batch.data, batch.mask)
 

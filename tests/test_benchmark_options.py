@@ -6,9 +6,9 @@ import pytest
 
 from unite_sci.config import parse_options
 from unite_sci.errors import ConfigError
-from unite_sci_benchmarks import crystals, images, qm9, speed, study
+from unite_sci_benchmarks import crystals, gpu, images, qm9, speed, study
 
-RUNS = {"qm9": qm9.run, "mp20": crystals.run, "images": images.run, "speed": speed.run,
+RUNS = {"qm9": qm9.run, "mp20": crystals.run, "images": images.run, "speed": speed.run, "gpu": gpu.run,
         "qm9-ablation": study.qm9_ablation, "qm9-scaling": study.qm9_scaling}
 
 

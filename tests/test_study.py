@@ -6,7 +6,7 @@ import pytest
 
 from unite_sci.errors import UserError
 from unite_sci.testing import TINY
-from unite_sci_benchmarks.study import _summary, study
+from unite_sci_benchmarks.study import METRICS, _summary, study
 
 CANDIDATES = {
     "base": ([], "the toy default"),
@@ -17,9 +17,10 @@ SMALL = TINY + ["data.num_train=64", "data.num_test=16", "train.batch_size=8", "
 
 def test_summary_gives_mean_and_range():
     rows = [{"connected_validity": 10.0}, {"connected_validity": 20.0}, {"connected_validity": 60.0}]
-    assert _summary(rows)["connected_validity"] == "30.00 [10.00–60.00]"
-    assert _summary(rows[:1])["connected_validity"] == "10.00"
-    assert _summary([])["connected_validity"] == "–"
+    cols = METRICS["qm9"]
+    assert _summary(rows, cols)["connected_validity"] == "30.00 [10.00–60.00]"
+    assert _summary(rows[:1], cols)["connected_validity"] == "10.00"
+    assert _summary([], cols)["connected_validity"] == "–"
 
 
 def test_unknown_option_and_candidate_are_refused(tmp_path):

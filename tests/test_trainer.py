@@ -7,8 +7,9 @@ import torch
 from unite_sci.checkpoint import atomic_save, latest_complete, list_checkpoints, load_checkpoint
 from unite_sci.config import OptimConfig, build_config
 from unite_sci.errors import UserError
+from unite_sci.optim import EMA, lr_at
 from unite_sci.testing import TINY
-from unite_sci.trainer import EMA, StepBatchSampler, Trainer, lr_at
+from unite_sci.trainer import StepBatchSampler, Trainer
 from unite_sci.unite import Phase
 from unite_sci_modalities.toy import ToyAdapter, ToyConfig
 

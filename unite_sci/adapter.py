@@ -49,9 +49,16 @@ class Batch:
     def __len__(self) -> int:
         return int(self.cond.shape[0])
 
-    def to(self, device: torch.device | str) -> "Batch":
-        mask = None if self.mask is None else self.mask.to(device)
-        return Batch({k: v.to(device) for k, v in self.data.items()}, mask, self.cond.to(device))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """On ``device``; ``non_blocking`` copies from pinned memory without waiting (CUDA)."""
+        move = lambda v: v.to(device, non_blocking=non_blocking)  # noqa: E731
+        mask = None if self.mask is None else move(self.mask)
+        return Batch({k: move(v) for k, v in self.data.items()}, mask, move(self.cond))
+
+    def pin_memory(self) -> "Batch":
+        """In page-locked memory (the DataLoader calls this with ``pin_memory=True``)."""
+        mask = None if self.mask is None else self.mask.pin_memory()
+        return Batch({k: v.pin_memory() for k, v in self.data.items()}, mask, self.cond.pin_memory())
 
 
 @runtime_checkable

@@ -74,7 +74,31 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--checkpoint", help="score this checkpoint instead of training (default: train)")
     b.add_argument("--out", help="report folder (default: runs/benchmark_<name>)")
     b.add_argument("overrides", nargs="*", help="key=value config overrides")
-    for command in (sub.choices["list"], t, s, e, b):
+    enc = command("encode", "the Generative Encoder as a tokenizer: inputs -> latents (.npz)")
+    enc.add_argument("--checkpoint", required=True, help="a .pt file written by `unite-sci train`")
+    enc.add_argument("--inputs", required=True, help="a file or folder in the modality's formats (as "
+                                                     "`unite-sci sample` writes them)")
+    enc.add_argument("--out", required=True, help="the .npz to write: latents (sum of registers, C), sizes "
+                                                  "(per sample), pooled (samples, C)")
+    enc.add_argument("--seed", type=int, default=0, help="seed of the registers' starting noise (default: 0)")
+
+    rec = command("reconstruct", "encode and decode inputs; export the reconstructions and score them")
+    rec.add_argument("--checkpoint", required=True, help="a .pt file written by `unite-sci train`")
+    rec.add_argument("--inputs", required=True, help="a file or folder in the modality's formats")
+    rec.add_argument("--out", required=True, help="folder for the reconstructions and report.json")
+    rec.add_argument("--seed", type=int, default=0, help="seed of the registers' starting noise (default: 0)")
+
+    pr = command("probe", "linear probe of the pooled latents for a property, beside a random network")
+    pr.add_argument("--checkpoint", required=True, help="a .pt file written by `unite-sci train`")
+    pr.add_argument("--property", required=True, help="a property the modality knows (QM9: alpha, gap, "
+                                                       "homo, lumo, mu, Cv)")
+    pr.add_argument("--num-train", type=int, default=5000, help="training molecules for the fit (default: 5000)")
+    pr.add_argument("--num-val", type=int, default=1000, help="validation items, to choose the ridge strength "
+                                                             "(default: 1000)")
+    pr.add_argument("--num-test", type=int, default=2000, help="test items scored (default: 2000)")
+    pr.add_argument("--out", help="write the report JSON here too (default: print only)")
+
+    for command in (sub.choices["list"], t, s, e, b, enc, rec, pr):
         command.add_argument("--adapter", action="append", default=[], metavar="PACKAGE.MODULE:CLASS",
                              help="register this adapter class (importable from sys.path or the current "
                                   "folder; nothing installed); repeatable. Also: $UNITE_SCI_ADAPTERS")
@@ -188,8 +212,48 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     print(f"report: {report}")
 
 
+def cmd_encode(args: argparse.Namespace) -> None:
+    from .api import load
+    from .files import writable_dir
+
+    writable_dir(os.path.dirname(os.path.abspath(args.out)))
+    m = load(args.checkpoint)
+    objs = m.read(args.inputs)
+    lat = m.encode(objs, args.seed)
+    lat.save(args.out, checkpoint=args.checkpoint, inputs=args.inputs, seed=args.seed)
+    print(json.dumps({"samples": len(lat), "registers": int(sum(len(z) for z in lat.per_register)),
+                      "latent_dim": int(lat.pooled.shape[-1]), "out": args.out}, indent=2))
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from .api import load
+    from .engine import provenance
+    from .files import writable_dir, write_json
+
+    out = writable_dir(args.out)
+    m = load(args.checkpoint)
+    recons, report = m.reconstruct(m.read(args.inputs), args.seed)
+    files = m.adapter.export(recons, out)
+    report = {**report, "inputs": args.inputs, "num_inputs": len(recons), "seed": args.seed,
+              "files": [str(f) for f in files], **provenance(m.loaded)}
+    write_json(report, out / "report.json")
+    print(json.dumps({k: v for k, v in report.items() if isinstance(v, (int, float, str))}, indent=2))
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    from .files import json_ready, writable_dir, write_json
+    from .probe import run_probe
+
+    if args.out:
+        writable_dir(os.path.dirname(os.path.abspath(args.out)))
+    report = run_probe(args.checkpoint, args.property, args.num_train, args.num_val, args.num_test)
+    if args.out:
+        write_json(report, args.out)
+    print(json.dumps(json_ready(report), indent=2))
+
+
 COMMANDS = {"list": cmd_list, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-            "benchmark": cmd_benchmark}
+            "benchmark": cmd_benchmark, "encode": cmd_encode, "reconstruct": cmd_reconstruct, "probe": cmd_probe}
 
 
 def main(argv: list[str] | None = None) -> int:

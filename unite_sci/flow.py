@@ -61,7 +61,7 @@ def flow_loss(x1_hat: Tensor, x1: Tensor, t: Tensor, clamp: float = 0.05,
     over samples (so every sample weighs the same, and shards of a batch average to the batch's loss).
     """
     w = (1.0 - t).clamp_min(clamp).pow(-2).view(-1, *([1] * (x1.dim() - 1)))
-    err = (x1 - x1_hat).pow(2) * w  # (B, K, C)
+    err = (x1.float() - x1_hat.float()).pow(2) * w  # (B, K, C), in fp32 under bf16 autocast too
     if mask is None:
         return err.mean()
     return masked_mean(err, mask.unsqueeze(-1)).mean()  # (B, K, C) over (B, K, 1) -> (B,) -> scalar

@@ -34,8 +34,9 @@ from torch.utils.data import DataLoader, Sampler
 
 from .adapter import Adapter, Batch, class_path, has_quick_metrics
 from .checkpoint import latest_complete, save_checkpoint
-from .config import OptimConfig, RunConfig, to_yaml
+from .config import RunConfig, to_yaml
 from .errors import Interrupted, UserError
+from .optim import EMA, FiniteGuard, build_optimizers, lr_at
 from .plots import plot_losses
 from .stopping import StopSignals, signal_name
 from .unite import Phase, Unite
@@ -124,64 +125,6 @@ class StepBatchSampler(Sampler[list[int]]):
         return 2**62
 
 
-# ----------------------------------------------------------------------------- optimisation
-def build_optimizers(params: list[nn.Parameter], named: dict[int, str], ocfg: OptimConfig,
-                     lr: float) -> list[torch.optim.Optimizer]:
-    """AdamW on everything, or Muon on 2-D block weight matrices and AdamW on the rest."""
-    betas = tuple(ocfg.betas)
-    if ocfg.name == "adamw":
-        return [torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=ocfg.weight_decay)]
-    # Muon orthogonalises whole matrices: only the transformer blocks' 2-D weights qualify,
-    # embeddings, heads, norms and biases stay with AdamW (as in the published recipe).
-    matrix = [p for p in params if p.dim() == 2 and ".blocks." in named[id(p)]]
-    ids = {id(p) for p in matrix}
-    rest = [p for p in params if id(p) not in ids]
-    return [torch.optim.Muon(matrix, lr=lr, weight_decay=ocfg.weight_decay, adjust_lr_fn="match_rms_adamw"),
-            torch.optim.AdamW(rest, lr=lr, betas=betas, weight_decay=ocfg.weight_decay)]
-
-
-def lr_at(progress: float, step: int, base: float, ocfg: OptimConfig) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine to ``min_lr`` over the run's progress in [0, 1]."""
-    if step < ocfg.warmup_steps:
-        return base * (step + 1) / ocfg.warmup_steps
-    if ocfg.schedule == "constant":
-        return base
-    return ocfg.min_lr + 0.5 * (base - ocfg.min_lr) * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-
-
-class EMA:
-    """Exponential moving average of all parameters (decay per step).
-
-    With ``warmup`` the decay is ``min(decay, (1 + n) / (10 + n))`` after n updates: at 0.9978 the
-    average otherwise keeps 29 % of the random initial weights after 555 steps, which made a 12-minute
-    CPU run's EMA model reconstruct nothing (0 % match) while its raw weights matched 94.5 %.
-    """
-
-    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
-        self.decay, self.warmup, self.updates = decay, warmup, 0
-        self.shadow = {k: v.detach().clone() for k, v in model.named_parameters()}
-
-    def current_decay(self) -> float:
-        if not self.warmup:
-            return self.decay
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        d = self.current_decay()
-        for k, v in model.named_parameters():
-            self.shadow[k].lerp_(v.detach(), 1 - d)
-        self.updates += 1
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**self.shadow, "__updates__": torch.tensor(self.updates)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for k in self.shadow:
-            self.shadow[k].copy_(state[k])
-        self.updates = int(state.get("__updates__", 0))
-
-
 def rng_state() -> dict[str, Any]:
     py = random.getstate()
     np_state = np.random.get_state()
@@ -219,7 +162,8 @@ class Trainer:
         self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
         self.base_lr = cfg.optim.lr * (t.batch_size / cfg.optim.lr_reference_batch
                                        if cfg.optim.lr_reference_batch else 1.0)
-        self.step, self.elapsed, self.nonfinite, self.skipped = 0, 0.0, 0, 0
+        self.step, self.elapsed = 0, 0.0
+        self.guard = FiniteGuard(self.device, t.max_nonfinite)
         self.resumed_from: str | None = None  # the checkpoint file :meth:`resume` loaded
         self._sampling = has_quick_metrics(adapter)
         if t.sample_every and not self._sampling and self.rank == 0:
@@ -263,12 +207,13 @@ class Trainer:
         sampler = StepBatchSampler(len(data), t.batch_size, t.seed, self.step, self.rank, self.world,
                                    sizes, t.bucket_batches)
         return DataLoader(self.splits["train"], batch_sampler=sampler, collate_fn=self.adapter.collate,
-                          num_workers=t.num_workers, persistent_workers=False)
+                          num_workers=t.num_workers, persistent_workers=False,
+                          pin_memory=self.device.type == "cuda")  # then copied without waiting
 
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizers": [o.state_dict() for o in self.optimizers], "step": self.step,
-                "phase": self.phase.value, "phase_start": self.phase_start, "elapsed": self.elapsed, "skipped": self.skipped, "rng": rng_state(),
+                "phase": self.phase.value, "phase_start": self.phase_start, "elapsed": self.elapsed, "skipped": self.guard.check(), "rng": rng_state(),
                 "config": to_yaml(self.cfg), "modality": self.adapter.name,
                 "adapter_class": class_path(type(self.adapter)),  # named when the modality is not registered
                 "adapter_state": self.adapter.state_dict()}
@@ -290,7 +235,8 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         for o, s in zip(self.optimizers, state["optimizers"]):
             o.load_state_dict(s)
-        self.step, self.elapsed, self.skipped = state["step"], state["elapsed"], state["skipped"]
+        self.step, self.elapsed = state["step"], state["elapsed"]
+        self.guard.restore(state["skipped"])
         self.resumed_from = state["path"]
         set_rng_state(state["rng"])
         self._truncate_metrics(self.step)
@@ -324,13 +270,22 @@ class Trainer:
         return p / f if self.phase == Phase.TOKENIZER else (p - f) / max(1 - f, 1e-9)
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, batch: Batch) -> dict[str, float] | None:
+    @property
+    def skipped(self) -> int:
+        """Steps skipped for a non-finite loss or gradient (as of the last :meth:`FiniteGuard.check`)."""
+        return self.guard.skipped
+
+    def train_step(self, batch: Batch) -> dict[str, Any]:
+        """One optimisation step. Returns the logs as 0-d device tensors (plus ``lr``): nothing is read
+        back from the device here, so a GPU step queues behind the last one; :meth:`_fit` converts the
+        logs at log intervals. A step whose loss or gradient norm is not finite changes nothing (see
+        :mod:`unite_sci.optim`)."""
         t = self.cfg.train
         # every process draws the same numbers (the model slices its shard), so runs resume exactly
         # and a data-parallel run follows the single-process one
         torch.manual_seed(step_seed(t.seed, self.step, 0))
         gen = torch.Generator().manual_seed(step_seed(t.seed, self.step, self.rank))
-        batch = self.adapter.augment(batch, gen).to(self.device)
+        batch = self.adapter.augment(batch.to(self.device, non_blocking=True), gen)
         phase_step = self.step - self.phase_start
         lr = lr_at(self.phase_progress(), phase_step, self.base_lr, self.cfg.optim)
         for o in self.optimizers:
@@ -346,25 +301,18 @@ class Trainer:
         params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
         # grad_clip 0 = no clipping (max_norm inf still returns the norm, for the finiteness check)
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or float("inf"))
-        if not (torch.isfinite(loss) and torch.isfinite(norm)):
-            self.nonfinite += 1
-            self.skipped += 1
-            if self.nonfinite >= t.max_nonfinite:
-                raise UserError(f"training stopped: {self.nonfinite} steps in a row had a non-finite loss "
-                                f"or gradient (last loss {loss.item()}); lower optim.lr or check the data")
-            return None
-        self.nonfinite = 0
-        for o in self.optimizers:
-            o.step()
-        self.ema.update(self.model)
+        ok = self.guard.observe(loss, norm, self.optimizers)
+        if FiniteGuard.skips_on_device(self.optimizers) or bool(ok):  # else: one sync (Muon has no flag)
+            for o in self.optimizers:
+                o.step()
+            self.ema.update(self.model, ok)
+        logs = {k: torch.as_tensor(v, device=self.device).detach() for k, v in logs.items()}
         if self.world > 1:  # log the global batch's values, not this shard's
             keys = sorted(logs)
             vec = torch.stack([logs[k].float() for k in keys])
             dist.all_reduce(vec)
             logs = dict(zip(keys, vec / self.world))
-        out = {k: float(v) for k, v in logs.items()}
-        out.update(lr=lr, grad_norm=float(norm))
-        return out
+        return {**logs, "lr": lr, "grad_norm": norm.detach()}
 
     # ------------------------------------------------------------------ sample quality
     def sample_quality(self) -> dict[str, float]:
@@ -471,7 +419,12 @@ class Trainer:
                 self.step += 1
                 window_n += t.batch_size
                 bar.update(min(round(self.elapsed), bar.total) - bar.n if timed else 1)
-                if logs is not None and (self.step % t.log_every == 0 or self._done()):
+                log_due = self.step % t.log_every == 0 or self._done()
+                if log_due or self.step % t.max_nonfinite == 0:
+                    self.guard.check()  # the loop's only read-back from the device, besides logging
+                if log_due:
+                    logs = {k: float(v) for k, v in logs.items()}
+                if log_due and math.isfinite(logs["loss"]) and math.isfinite(logs["grad_norm"]):  # not a skipped step
                     rate = window_n / max(time.time() - window_t, 1e-9)
                     window_t, window_n = time.time(), 0
                     row = {"step": self.step, "phase": self.phase, "elapsed_s": round(self.elapsed, 2),
@@ -500,7 +453,7 @@ class Trainer:
         path = self.save()
         if self.rank == 0:
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
-        return {"steps": self.step, "elapsed_s": self.elapsed, "skipped_steps": self.skipped,
+        return {"steps": self.step, "elapsed_s": self.elapsed, "skipped_steps": self.guard.check(),
                 "checkpoint": str(path), "device": str(self.device), "world_size": self.world}
 
     def _stop_requested(self, stop: StopSignals) -> int:

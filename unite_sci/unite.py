@@ -15,6 +15,7 @@ to every pass of the step.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -142,16 +143,17 @@ class Unite(nn.Module):
         """K flow passes on clean latents x1 (B, K, C), each with fresh t' and eps."""
         f = self.cfg.flow
         losses = []
-        for _ in range(f.flow_batches):
+        for k in range(f.flow_batches):
             t = logit_normal_time(self._rand("randn", (x1.shape[0],), x1.device), f.logit_mean, f.logit_std, f.shift)
             x_t = interpolate(x1, self._rand_latents(x1.shape[0], regs, x1.device), t)
             y = self.drop_labels(cond)
-            sc = self.self_condition(x_t, t, y, regs)
+            sc = self.self_condition(x_t, t, y, regs, k)
             x1_hat = self.denoiser.denoise(x_t, t, y, regs, self_cond=sc)  # (B, K, C)
             losses.append(flow_loss(x1_hat, x1, t, f.clamp, regs.mask))
         return losses
 
-    def self_condition(self, x_t: Tensor, t: Tensor, y: Tensor, regs: Registers) -> Tensor | None:
+    def self_condition(self, x_t: Tensor, t: Tensor, y: Tensor, regs: Registers,
+                       pass_index: int = 0) -> Tensor | None:
         """The self-conditioning input of one flow pass (Chen et al. 2022, as ADiT): with probability
         ``flow.self_condition`` (one coin for the whole global batch, drawn alike on every rank) the
         detached x-prediction of a first, gradient-free pass; zeros otherwise. None when switched off.
@@ -160,8 +162,10 @@ class Unite(nn.Module):
         if p <= 0:
             return None
         zeros = torch.zeros_like(x_t)
-        coin = torch.rand((), device=x_t.device)  # always drawn: the RNG stream does not depend on it
-        if not self.training or bool(coin >= p):
+        # a Python number from this step's seed (the trainer seeds torch per step) and the pass index: the
+        # same on every rank, no draw from torch's streams, and deciding reads nothing back from a GPU
+        coin = random.Random(torch.initial_seed() * 1009 + pass_index).random()
+        if not self.training or coin >= p:
             return zeros
         with torch.no_grad():
             return self.denoiser.denoise(x_t, t, y, regs, self_cond=zeros).detach()  # (B, K, C)

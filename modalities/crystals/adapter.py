@@ -48,6 +48,7 @@ from unite_sci.schema import Choice, non_negative, one_of, positive, ranged
 
 from ..atoms import MAX_Z
 from . import data as cdata
+from .elements import ElementFeatures
 from .metrics import OXIDATION_SETS
 
 NUM_TYPES = MAX_Z  # classes 0..99 are Z = 1..100; index 100 pads the type embedding
@@ -75,6 +76,8 @@ class CrystalConfig:
     load_workers: int = non_negative(0)  # CIF parsing processes (first load only, then cached); 0: all cores
     random_translation: bool = True     # augmentation: one uniform shift of every crystal, modulo 1
     coord_freqs: int = ranged(4, lo=1, hi=12)  # input embedding: sin/cos at frequencies 1, 2, 4, ... (2^(F-1))
+    element_features: bool = False      # element embedding and type logits also through chemistry features
+                                        # (period, group, block, electronegativity, oxidation states: elements.py)
     type_weight: float = non_negative(1.0)
     coord_weight: float = non_negative(1.0)  # on the sin/cos MSE, summed over the 6 numbers of an atom
     lattice_weight: float = non_negative(1.0)  # on the MSE of the 6 normalised lattice numbers
@@ -119,10 +122,11 @@ def sincos_to_frac(sc: Tensor) -> Tensor:
 class CrystalEmbedder(nn.Module):
     """Atom tokens (B, N, d): type + periodic coordinate features + the crystal's lattice."""
 
-    def __init__(self, width: int, coord_freqs: int):
+    def __init__(self, width: int, coord_freqs: int, element_features: bool = False):
         super().__init__()
         self.register_buffer("freqs", 2.0 ** torch.arange(coord_freqs), persistent=False)  # integers: periodic
         self.type_embed = nn.Embedding(NUM_TYPES + 1, width)
+        self.chem = ElementFeatures(width, padded=True) if element_features else None
         self.coord_embed = nn.Linear(6 * coord_freqs, width)
         self.lattice_embed = nn.Linear(6, width)
 
@@ -131,15 +135,19 @@ class CrystalEmbedder(nn.Module):
         feats = frac_to_sincos(frac.unsqueeze(-1) * self.freqs)  # (B, N, 3, F, 2)
         coords = self.coord_embed(feats.flatten(2))  # (B, N, d)
         lattice = self.lattice_embed(data["lattice"]).unsqueeze(1)  # (B, 1, d), normalised units
-        return self.type_embed(data["types"]) + coords + lattice  # (B, N, d)
+        types = self.type_embed(data["types"])  # (B, N, d)
+        if self.chem is not None:
+            types = types + self.chem.embed(data["types"])
+        return types + coords + lattice  # (B, N, d)
 
 
 class CrystalHeads(nn.Module):
     """Atom registers -> type logits and sin/cos; the last register -> lattice and composition logits."""
 
-    def __init__(self, width: int, composition: bool):
+    def __init__(self, width: int, composition: bool, element_features: bool = False):
         super().__init__()
         self.types = nn.Linear(width, NUM_TYPES)
+        self.chem = ElementFeatures(width, padded=False) if element_features else None
         self.coords = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 6))
         self.lattice = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 6))
         self.composition = nn.Linear(width, NUM_TYPES) if composition else None
@@ -147,7 +155,10 @@ class CrystalHeads(nn.Module):
     def forward(self, h: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
         atoms, cell = h[:, :-1], h[:, -1]  # (B, N, d), (B, d): the lattice register is the last one
         b, n, _ = atoms.shape
-        out = {"type_logits": self.types(atoms),  # (B, N, 100)
+        logits = self.types(atoms)  # (B, N, 100)
+        if self.chem is not None:  # plus a score against every element's features: neighbours share it
+            logits = logits + self.chem.score(atoms)
+        out = {"type_logits": logits,
                "sincos": self.coords(atoms).view(b, n, 3, 2),  # (B, N, 3, [sin, cos])
                "lattice": self.lattice(cell)}  # (B, 6) normalised
         if self.composition is not None:
@@ -226,10 +237,10 @@ class CrystalAdapter(AdapterBase):
 
     # ------------------------------------------------------------------ network parts
     def build_embedder(self, width: int) -> nn.Module:
-        return CrystalEmbedder(width, self.cfg.coord_freqs)
+        return CrystalEmbedder(width, self.cfg.coord_freqs, self.cfg.element_features)
 
     def build_heads(self, width: int) -> nn.Module:
-        return CrystalHeads(width, self.cfg.composition_weight > 0)
+        return CrystalHeads(width, self.cfg.composition_weight > 0, self.cfg.element_features)
 
     def reconstruction_loss(self, out: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, float]]:
         types, frac, mask = batch.data["types"], batch.data["frac"], batch.mask
@@ -271,6 +282,12 @@ class CrystalAdapter(AdapterBase):
         lattice = out["lattice"].float().cpu() * self.lattice_std + self.lattice_mean  # (B, 6)
         frac = sincos_to_frac(out["sincos"].float().cpu())
         return cdata.unpad_batch(self.decode_types(out).cpu(), frac, lattice, mask.cpu())
+
+    def items_from_domain(self, objs: list[cdata.CrystalItem]) -> list[cdata.CrystalItem]:
+        """Crystals read by :meth:`load_samples` are already items (Niggli-reduced, fractional in [0, 1))."""
+        return [cdata.CrystalItem(np.asarray(c.z, np.int64), np.asarray(c.frac, np.float32) % 1.0,
+                                  np.asarray(c.lengths, np.float32), np.asarray(c.angles, np.float32), c.id)
+                for c in objs]
 
     def batch_to_domain(self, batch: Batch) -> list[cdata.CrystalItem]:
         lattice = batch.data["lattice"].cpu() * self.lattice_std + self.lattice_mean

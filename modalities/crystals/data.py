@@ -432,7 +432,7 @@ def random_translate(frac: "torch.Tensor", mask: "torch.Tensor",
     A periodic crystal has no preferred origin; padding (mask False) stays at 0.
     """
     import torch
-    shift = torch.rand(frac.shape[0], 1, 3, generator=generator, device=frac.device, dtype=frac.dtype)
+    shift = torch.rand(frac.shape[0], 1, 3, generator=generator, dtype=frac.dtype).to(frac.device)  # CPU generator
     out = torch.remainder(frac + shift, 1.0)
     return torch.where(mask.unsqueeze(-1), out, torch.zeros_like(out))
 

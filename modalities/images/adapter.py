@@ -284,6 +284,11 @@ class ImageAdapter(AdapterBase):
         pixels = iio.to_uint8(out["images"].float().clamp(0, 1))  # (B, C, H, W) uint8
         return [ImageSample(im) for im in pixels]
 
+    def items_from_domain(self, objs: list[ImageSample]) -> list[tuple[Tensor, int]]:
+        """Images read from files -> items (pixels in [0, 1]; an unknown label becomes the null class)."""
+        return [(torch.from_numpy(np.asarray(s.image)).float() / 255.0,
+                 self.num_classes if s.label is None or s.label == UNKNOWN else int(s.label)) for s in objs]
+
     def batch_to_domain(self, batch: Batch) -> list[ImageSample]:
         pixels = iio.to_uint8(batch.data["images"])
         return [ImageSample(im, int(y)) for im, y in zip(pixels, batch.cond.tolist())]

@@ -26,6 +26,7 @@ from unite_sci.schema import Choice, non_negative, positive, ranged
 from ..atoms import principal_axes_frame, random_rotations
 from . import data as qdata
 from . import io as qio
+from .properties import PROPERTIES
 
 if TYPE_CHECKING:  # the metrics modules load RDKit and OpenBabel: imported when first evaluating
     from .geometry import Geometry
@@ -169,7 +170,7 @@ class QM9Adapter(AdapterBase):
     def augment(self, batch: Batch, generator: torch.Generator) -> Batch:
         if not self.cfg.random_rotation:
             return batch
-        rot = random_rotations(len(batch), generator)  # (B, 3, 3)
+        rot = random_rotations(len(batch), generator).to(batch.data["pos"].device)  # (B, 3, 3), drawn on the CPU
         data = dict(batch.data, pos=torch.bmm(batch.data["pos"], rot))
         return Batch(data, batch.mask, batch.cond)
 
@@ -227,6 +228,21 @@ class QM9Adapter(AdapterBase):
         keep = (types < len(self.elements)) if self.fixed else mask.cpu()
         return [(elements[types[i][keep[i]].numpy()].astype(np.int64), pos[i][keep[i].numpy()])
                 for i in range(types.shape[0])]
+
+    property_units = {name: unit for name, (_, _, unit) in PROPERTIES.items()}
+
+    def property_values(self, split: str, name: str) -> np.ndarray:
+        """Property ``name`` of every item of ``split``, in EDM's units (see ``properties.py``)."""
+        from .properties import load_properties, lookup
+
+        mols = self.build_splits()[split].mols
+        return lookup(load_properties(self.cfg.data_dir, self.cfg.cache_dir), name, mols.index)
+
+    def items_from_domain(self, objs: list[tuple[np.ndarray, np.ndarray]]) -> list:
+        """Molecules read from files -> items ``collate`` accepts (centred; principal axes if configured)."""
+        if self.cfg.canonical_frame:
+            objs = [(z, principal_axes_frame(np.asarray(z), np.asarray(p, dtype=np.float32))) for z, p in objs]
+        return [qdata.molecule_item(z, p) for z, p in objs]
 
     def batch_to_domain(self, batch: Batch) -> list[tuple[np.ndarray, np.ndarray]]:
         elements = np.array(self.elements + [0])

@@ -309,6 +309,19 @@ def load_split(
     return mols.subset(edm_split(len(mols))[split])
 
 
+def molecule_item(z: np.ndarray, pos: np.ndarray) -> Data:
+    """One molecule from a file (atomic numbers (n,), Angstrom (n, 3)) as a data set item: centre of mass
+    at 0, as :func:`load_qm9` centres every molecule."""
+    z = np.asarray(z, dtype=np.int64).reshape(-1)
+    pos = np.asarray(pos, dtype=np.float64).reshape(-1, 3)
+    if len(z) != len(pos) or not len(z):
+        raise DataError(f"a molecule needs as many coordinates as atoms and at least one atom "
+                        f"(got {len(z)} atoms, {len(pos)} positions)")
+    m = masses(z)
+    com = (m[:, None] * pos).sum(0) / m.sum()
+    return Data(z=torch.from_numpy(z), pos=torch.from_numpy((pos - com).astype(np.float32)))
+
+
 def atom_count_distribution(mols: Molecules, max_atoms: int) -> np.ndarray:
     """Empirical probabilities of the atom count, float64 (max_atoms + 1,) over 0..max_atoms."""
     counts = np.bincount(mols.n_atoms, minlength=max_atoms + 1).astype(np.float64)
