@@ -263,6 +263,8 @@ MP20_CANDIDATES: dict[str, tuple[list[str], str]] = {
                  "stronger decoder-side latent noise: p 0.9, t ~ U[0.5, 1]"),
     "base+comp": (["from:base", "data.type_decode=composition"],
                   "base checkpoints, types among the elements the composition head predicts present"),
+    "base+vote": (["from:base", "data.type_decode=cell_vote"],
+                  "base checkpoints, types among the elements whose probabilities sum to half an atom or more"),
     "chem+comp": (["from:chem", "data.type_decode=composition"],
                   "chem checkpoints, types among the elements the composition head predicts present"),
 }

@@ -67,3 +67,22 @@ def test_study_columns_find_protocol_prefixed_metrics():
                    "match": 88.0, "match_ungated": 97.0, "rmse": 0.02, "train_steps": 1234}
     toy = metrics_for("toy", {"generation": {"validity": 50.0, "note": "x"}})
     assert toy == {"validity": ("generation", "validity"), "train_steps": ("", "train_steps")}
+
+
+def test_cell_vote_drops_a_stray_element_and_keeps_a_real_singleton():
+    a, _, _ = make("data.type_decode=cell_vote")
+    logits = torch.full((1, 5, 100), -20.0)
+    logits[0, :3, 10] = 5.0            # three confident Na
+    logits[0, 3, 16] = 5.0             # one confident Cl: a real singleton, kept
+    logits[0, 4, 18] = 0.3             # one atom barely prefers K (about 0.4 of an atom in all) ...
+    logits[0, 4, 10] = 0.0             # ... over Na: K is dropped, the atom becomes Na
+    logits[0, 4, 16] = -0.2
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    z = a.decode_types({"type_logits": logits}, mask)
+    assert z.tolist() == [[11, 11, 11, 17, 11]]
+    a_arg, _, _ = make()
+    assert a_arg.decode_types({"type_logits": logits}, mask).tolist() == [[11, 11, 11, 17, 19]]
+    padded = torch.tensor([[True, True, True, True, False]])  # padding never votes
+    logits[0, 4] = -20.0
+    logits[0, 4, 18] = 20.0
+    assert a.decode_types({"type_logits": logits}, padded)[0, :4].tolist() == [11, 11, 11, 17]

@@ -14,7 +14,7 @@ when it has ``items_from_domain`` (objects read from files -> the items its ``co
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -149,9 +149,7 @@ class Model:
                 raise UserError(f"class {label} is not a class of this checkpoint "
                                 f"({self.adapter.num_classes} classes)")
             cond = torch.full((num,), int(label), dtype=torch.long)
-        scfg = self.cfg.sample
-        if seed is not None:
-            scfg.seed = seed
+        scfg = self.cfg.sample if seed is None else replace(self.cfg.sample, seed=seed)
         samples, _ = generate(self.model, self.adapter, scfg, num, cond=cond, progress=progress)
         return samples
 

@@ -57,6 +57,7 @@ NUM_TYPES = MAX_Z  # classes 0..99 are Z = 1..100; index 100 pads the type embed
 class TypeDecode(Choice):
     argmax = "argmax"
     composition = "composition"
+    cell_vote = "cell_vote"
 
 
 @dataclass
@@ -84,7 +85,8 @@ class CrystalConfig:
     composition_weight: float = non_negative(1.0)  # on the presence BCE summed over 100 elements; 0 drops
                                         # the head
     type_decode: TypeDecode = TypeDecode.argmax  # argmax: per atom | composition: among the elements that
-                                        # the composition head predicts present (see the module docstring)
+                                        # the composition head predicts present (see the module docstring) |
+                                        # cell_vote: among the elements worth half an atom (decode_types)
     eval_workers: int = non_negative(0)  # 0: all cores
     time_limit_s: float = positive(30.0)  # per StructureMatcher / SMACT call; past it = invalid / no match
     oxidation_states: str = "smact2_default"  # smact2_default (published) | icsd16 | pymatgen | file path
@@ -267,9 +269,22 @@ class CrystalAdapter(AdapterBase):
         self._need_stats()
         return cdata.sample_atom_counts(self.count_dist.numpy(), num, generator)
 
-    def decode_types(self, out: dict[str, Tensor]) -> Tensor:
-        """Atomic numbers (B, N): per-atom argmax, restricted to the predicted composition if asked."""
+    def decode_types(self, out: dict[str, Tensor], mask: Tensor | None = None) -> Tensor:
+        """Atomic numbers (B, N): per-atom argmax, restricted to the elements the cell holds if asked.
+
+        ``cell_vote`` (the model's own outputs, no chemistry rule): an element stays only if the atoms'
+        probabilities for it sum to at least half an atom (and the cell's most probable element always
+        stays); each atom then takes its most probable remaining element. A stray element that one atom
+        barely prefers is dropped; an element the cell really holds keeps at least one atom's worth.
+        """
         logits = out["type_logits"].float()
+        if self.cfg.type_decode == "cell_vote":
+            prob = logits.softmax(-1)  # (B, N, 100)
+            if mask is not None:
+                prob = prob * mask.unsqueeze(-1).to(prob.device)
+            mass = prob.sum(1)  # (B, 100): expected atoms of each element
+            allowed = (mass >= 0.5) | F.one_hot(mass.argmax(-1), NUM_TYPES).bool()
+            logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
         if self.cfg.type_decode == "composition" and "comp_logits" in out:
             comp = out["comp_logits"].float()  # (B, 100)
             allowed = comp > 0  # sigmoid > 0.5
@@ -281,7 +296,7 @@ class CrystalAdapter(AdapterBase):
         """CrystalItems in physical units: z (n,), frac (n, 3) in [0, 1), lengths (3,) A, angles (3,) deg."""
         lattice = out["lattice"].float().cpu() * self.lattice_std + self.lattice_mean  # (B, 6)
         frac = sincos_to_frac(out["sincos"].float().cpu())
-        return cdata.unpad_batch(self.decode_types(out).cpu(), frac, lattice, mask.cpu())
+        return cdata.unpad_batch(self.decode_types(out, mask).cpu(), frac, lattice, mask.cpu())
 
     def items_from_domain(self, objs: list[cdata.CrystalItem]) -> list[cdata.CrystalItem]:
         """Crystals read by :meth:`load_samples` are already items (Niggli-reduced, fractional in [0, 1))."""
