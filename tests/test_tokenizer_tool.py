@@ -122,3 +122,15 @@ def test_qm9_items_from_files_are_centred_like_the_data_set():
     assert torch.allclose((m[:, None] * item.pos).sum(0), torch.zeros(3), atol=1e-5)
     with pytest.raises(Exception, match="as many coordinates"):
         molecule_item(np.array([6, 1]), np.zeros((3, 3)))
+
+
+def test_sample_command_takes_a_class_condition(toy_ckpt, tmp_path):
+    r = _cli("sample", "--checkpoint", toy_ckpt, "--num", 4, "--steps", 2, "--out", tmp_path / "s",
+             "--condition", "class=1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.loads((tmp_path / "s" / "samples_meta.json").read_text())
+    assert meta["condition"] == {"class": "1"} and meta["num_samples"] == 4
+    for bad, msg in [("class=9", "class 9 is not a class"), ("gap=3", "unknown condition"),
+                     ("class=x", "class must be an integer"), ("class", "KEY=VALUE")]:
+        r = _cli("sample", "--checkpoint", toy_ckpt, "--num", 2, "--out", tmp_path / "b", "--condition", bad)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)

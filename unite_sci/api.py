@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .engine import LoadedModel, generate, load_model
+from .engine import LoadedModel, class_condition, generate, load_model
 from .errors import UserError
 from .files import atomic_write
 
@@ -139,16 +139,7 @@ class Model:
         """``num`` new samples; ``condition``: a class index (``{"class": 3}`` or ``3``) for conditional data."""
         if num < 1:
             raise UserError(f"num must be >= 1, got {num}")
-        cond = None
-        if condition is not None:
-            label = condition.get("class") if isinstance(condition, dict) else condition
-            if isinstance(condition, dict) and set(condition) - {"class"}:
-                raise UserError(f"unknown condition(s) {sorted(set(condition) - {'class'})}: this checkpoint "
-                                "takes class")
-            if not self.adapter.num_classes or not 0 <= int(label) < self.adapter.num_classes:
-                raise UserError(f"class {label} is not a class of this checkpoint "
-                                f"({self.adapter.num_classes} classes)")
-            cond = torch.full((num,), int(label), dtype=torch.long)
+        cond = class_condition(self.adapter, num, condition)
         scfg = self.cfg.sample if seed is None else replace(self.cfg.sample, seed=seed)
         samples, _ = generate(self.model, self.adapter, scfg, num, cond=cond, progress=progress)
         return samples

@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                                              "sample.cfg)")
     s.add_argument("--seed", type=int, help="random seed (default: the checkpoint's sample.seed)")
     s.add_argument("--out", required=True, help="folder for the exported samples")
+    s.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE",
+                   help="generate under this condition: class=N for class-conditional checkpoints "
+                        "(default: unconditional, or class-balanced labels); repeatable")
 
     e = command("evaluate", "metrics of samples on disk")
     e.add_argument("--modality", required=True, help=f"how to read and score the samples, one of: {modalities}")
@@ -154,11 +157,19 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from .engine import sample_to_disk
+    from .errors import UserError
 
     _check_positive("--num", args.num)
     _check_positive("--steps", args.steps)
+    condition = {}
+    for word in args.condition:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise UserError(f"--condition takes KEY=VALUE, got {word!r}")
+        condition[key] = value
     meta = sample_to_disk(args.checkpoint, args.out, args.num,
-                          {"solver": args.solver, "steps": args.steps, "cfg": args.cfg, "seed": args.seed})
+                          {"solver": args.solver, "steps": args.steps, "cfg": args.cfg, "seed": args.seed},
+                          condition or None)
     print(json.dumps({k: meta[k] for k in ("num_samples", "solver", "steps", "samples_per_s", "files")}, indent=2))
 
 

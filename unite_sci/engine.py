@@ -219,7 +219,26 @@ def evaluate_path(modality: str, samples: str, per_sample_csv: str | None = None
     return metrics
 
 
-def sample_to_disk(checkpoint: str, out: str, num: int, overrides: dict[str, Any]) -> dict[str, Any]:
+def class_condition(adapter: Adapter, num: int, condition: dict[str, Any] | int | None) -> torch.Tensor | None:
+    """Labels (num,) for ``condition`` (``{"class": 3}`` or ``3``), None for none; one-line errors."""
+    if condition is None:
+        return None
+    if isinstance(condition, dict):
+        unknown = sorted(set(condition) - {"class"})
+        if unknown:
+            raise UserError(f"unknown condition(s) {unknown}: this checkpoint takes class")
+        condition = condition.get("class")
+    try:
+        label = int(condition)
+    except (TypeError, ValueError):
+        raise UserError(f"class must be an integer, got {condition!r}") from None
+    if not adapter.num_classes or not 0 <= label < adapter.num_classes:
+        raise UserError(f"class {label} is not a class of this checkpoint ({adapter.num_classes} classes)")
+    return torch.full((num,), label, dtype=torch.long)
+
+
+def sample_to_disk(checkpoint: str, out: str, num: int, overrides: dict[str, Any],
+                   condition: dict[str, Any] | None = None) -> dict[str, Any]:
     """CLI ``sample``: load, generate, export in the modality's formats, record the settings."""
     loaded = load_model(checkpoint)
     out_dir = writable_dir(out)  # before sampling: a bad --out must not cost the sampling time
@@ -228,8 +247,9 @@ def sample_to_disk(checkpoint: str, out: str, num: int, overrides: dict[str, Any
     for k, v in overrides.items():
         if v is not None:
             setattr(scfg, k, v)
-    samples, info = generate(loaded.model, adapter, scfg, num)
+    cond = class_condition(adapter, num, condition)
+    samples, info = generate(loaded.model, adapter, scfg, num, cond=cond)
     files = adapter.export(samples, out_dir)
-    meta = {**info, **provenance(loaded), "files": [str(f) for f in files], "config": to_yaml(cfg)}
+    meta = {**info, "condition": condition or {}, **provenance(loaded), "files": [str(f) for f in files], "config": to_yaml(cfg)}
     write_json(meta, out_dir / "samples_meta.json")
     return meta
