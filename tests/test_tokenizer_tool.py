@@ -105,7 +105,7 @@ def test_qm9_encode_reconstruct_and_probe_commands(tmp_path):
              "--num-test", 10, "--out", tmp_path / "probe.json")
     assert r.returncode == 0, r.stderr[-2000:]
     probe = json.loads((tmp_path / "probe.json").read_text())
-    assert probe["unit"] == "meV" and probe["molecules"] == {"train": 40, "val": 10, "test": 10}
+    assert probe["unit"] == "meV" and probe["items"] == {"train": 40, "val": 10, "test": 10}
     assert probe["trained"]["mae"] > 0 and probe["random_init"]["mae"] > 0 and probe["mean_predictor_mae"] > 0
     r = _cli("probe", "--checkpoint", ckpt, "--property", "colour")
     assert r.returncode == 2 and "unknown QM9 property 'colour'" in r.stderr and len(r.stderr.splitlines()) == 1

@@ -1,11 +1,11 @@
 """A trained checkpoint as a tool: the Generative Encoder as tokenizer, the decoder, the sampler.
 
     import unite_sci
-    m = unite_sci.load("runs/qm9/checkpoints/last.pt")
-    mols = m.read("molecules.sdf")            # the modality's reader (the files `unite-sci sample` writes)
-    lat = m.encode(mols)                      # Latents: each sample's real registers (k_i, C) + a pooled (C,)
+    m = unite_sci.load("runs/<name>/checkpoints/last.pt")
+    objs = m.read("samples/")                 # the modality's reader (the files `unite-sci sample` writes)
+    lat = m.encode(objs)                      # Latents: each sample's real registers (k_i, C) + a pooled (C,)
     again = m.decode(lat)                     # domain objects
-    recons, report = m.reconstruct(mols)     # decode(encode(x)) and the modality's match / RMSD report
+    recons, report = m.reconstruct(objs)     # decode(encode(x)) and the modality's reconstruction report
     new = m.sample(16)                        # unconditional; m.sample(10, condition={"class": 3})
 
 Encoding runs the Generative Encoder in its tokenizer mode (registers start from seeded noise, so the
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .engine import LoadedModel, class_condition, generate, load_model
+from .engine import LoadedModel, class_condition, generate, load_model, reconstruct_items
 from .errors import UserError
 from .files import atomic_write
 
@@ -128,10 +128,13 @@ class Model:
         return out
 
     def reconstruct(self, objs: Sequence[Any], seed: int = 0) -> tuple[list[Any], dict[str, Any]]:
-        """decode(encode(objs)) and the modality's reconstruction report (match rate, RMSD...)."""
-        items = self._items(objs)
-        inputs = [x for b in self._batches(items) for x in self.adapter.batch_to_domain(b)]
-        recons = self.decode(self.encode(objs, seed))
+        """decode(encode(objs)) and the modality's reconstruction report (match rate, RMSD...), as the
+        benchmarks reconstruct test items (:func:`engine.reconstruct_items`)."""
+        self.model.eval()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            inputs, recons = reconstruct_items(self.model, self.adapter, self._items(objs), self.batch_size,
+                                               progress=False)
         return recons, self.adapter.evaluate_reconstruction(inputs, recons)
 
     def sample(self, num: int, condition: dict[str, Any] | int | None = None, seed: int | None = None,

@@ -93,9 +93,9 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = command("probe", "linear probe of the pooled latents for a property, beside a random network")
     pr.add_argument("--checkpoint", required=True, help="a .pt file written by `unite-sci train`")
-    pr.add_argument("--property", required=True, help="a property the modality knows (QM9: alpha, gap, "
-                                                       "homo, lumo, mu, Cv)")
-    pr.add_argument("--num-train", type=int, default=5000, help="training molecules for the fit (default: 5000)")
+    pr.add_argument("--property", required=True, help="a property the checkpoint's adapter provides "
+                                                       "(an unknown name lists the valid ones)")
+    pr.add_argument("--num-train", type=int, default=5000, help="training items for the fit (default: 5000)")
     pr.add_argument("--num-val", type=int, default=1000, help="validation items, to choose the ridge strength "
                                                              "(default: 1000)")
     pr.add_argument("--num-test", type=int, default=2000, help="test items scored (default: 2000)")

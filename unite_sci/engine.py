@@ -161,14 +161,20 @@ def generate(model: Unite, adapter: Adapter, scfg: SampleConfig, num: int | None
 def reconstruct(model: Unite, adapter: Adapter, split: str = "test", num: int = 1000,
                 batch_size: int = 256, progress: bool = True) -> tuple[list[Any], list[Any]]:
     """Encode -> decode ``num`` items of a split (no decoder noise); inputs and reconstructions."""
+    data = adapter.build_splits()[split]
+    return reconstruct_items(model, adapter, [data[i] for i in range(min(num, len(data)))], batch_size, progress)
+
+
+@torch.no_grad()
+def reconstruct_items(model: Unite, adapter: Adapter, items: list[Any], batch_size: int = 256,
+                      progress: bool = True) -> tuple[list[Any], list[Any]]:
+    """Encode -> decode data set items (no decoder noise); inputs and reconstructions as domain objects."""
     from tqdm import tqdm
 
-    data = adapter.build_splits()[split]
-    num = min(num, len(data))
     device = next(model.parameters()).device
     inputs, recons = [], []
-    for lo in tqdm(range(0, num, batch_size), desc="reconstruct", disable=not progress, dynamic_ncols=True):
-        batch = adapter.collate([data[i] for i in range(lo, min(lo + batch_size, num))])
+    for lo in tqdm(range(0, len(items), batch_size), desc="reconstruct", disable=not progress, dynamic_ncols=True):
+        batch = adapter.collate(items[lo:lo + batch_size])
         inputs.extend(adapter.batch_to_domain(batch))
         batch = batch.to(device)
         recons.extend(adapter.to_domain(model.decode(model.encode(batch), batch.mask), batch.mask))

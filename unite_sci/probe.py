@@ -55,7 +55,7 @@ def run_probe(checkpoint: str, prop: str, num_train: int = 5000, num_val: int = 
               seed: int = 0, device: str = "auto") -> dict[str, Any]:
     """The probe on ``checkpoint``'s pooled latents and on a random network's, for property ``prop``."""
     if min(num_train, num_val, num_test) < 2:
-        raise UserError("the probe needs at least 2 molecules in each of train, val and test")
+        raise UserError("the probe needs at least 2 items in each of train, val and test")
     m = load(checkpoint, device)
     if not hasattr(m.adapter, "property_values"):
         raise UserError(f"the {m.adapter.name!r} adapter has no properties to probe (no property_values)")
@@ -72,5 +72,5 @@ def run_probe(checkpoint: str, prop: str, num_train: int = 5000, num_val: int = 
     n = {s: len(y) for s, y in ys.items()}
     unit = getattr(m.adapter, "property_units", {}).get(prop, "")
     return {"property": prop, "unit": unit, "checkpoint": checkpoint, "train_steps": m.loaded.train_steps,
-            "molecules": n, "trained": trained, "random_init": rnd, "mean_predictor_mae": floor,
+            "items": n, "trained": trained, "random_init": rnd, "mean_predictor_mae": floor,
             "wall_s": round(time.time() - t0, 1)}
