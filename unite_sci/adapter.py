@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -40,11 +40,14 @@ class Batch:
     data: the modality's tensors, keyed by name (element-level tensors are (B, N, ...)).
     mask: (B, N) bool, True for real elements; None when every sample has the same N elements.
     cond: (B,) long class labels; unconditional data use the null index (``Adapter.num_classes``).
+    conds: the structured conditions the adapter declares (``conditions.py``): ``"scalars"`` (B, P) float
+        normalised, NaN = not given; a token set by its name, (B, M) long, -1 = padding. Empty if none.
     """
 
     data: dict[str, Tensor]
     mask: Tensor | None
     cond: Tensor
+    conds: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.cond.shape[0])
@@ -53,12 +56,18 @@ class Batch:
         """On ``device``; ``non_blocking`` copies from pinned memory without waiting (CUDA)."""
         move = lambda v: v.to(device, non_blocking=non_blocking)  # noqa: E731
         mask = None if self.mask is None else move(self.mask)
-        return Batch({k: move(v) for k, v in self.data.items()}, mask, move(self.cond))
+        return Batch({k: move(v) for k, v in self.data.items()}, mask, move(self.cond),
+                     {k: move(v) for k, v in self.conds.items()})
 
     def pin_memory(self) -> "Batch":
         """In page-locked memory (the DataLoader calls this with ``pin_memory=True``)."""
         mask = None if self.mask is None else self.mask.pin_memory()
-        return Batch({k: v.pin_memory() for k, v in self.data.items()}, mask, self.cond.pin_memory())
+        return Batch({k: v.pin_memory() for k, v in self.data.items()}, mask, self.cond.pin_memory(),
+                     {k: v.pin_memory() for k, v in self.conds.items()})
+
+    def with_data(self, **data: Tensor) -> "Batch":
+        """The same batch (mask, labels, conditions) with some data tensors replaced (augmentation)."""
+        return Batch(dict(self.data, **data), self.mask, self.cond, self.conds)
 
 
 @runtime_checkable
@@ -177,6 +186,31 @@ class AdapterBase:
 
     def null_cond(self, batch_size: int) -> Tensor:
         return torch.full((batch_size,), self.num_classes, dtype=torch.long)
+
+    # structured conditions (``conditions.py``); none by default
+    def condition_specs(self) -> list:
+        """The ``ConditionSpec`` list this configuration trains with (scalars first, in column order)."""
+        return []
+
+    def build_condition_embedders(self, width: int) -> dict[str, nn.Module]:
+        """One module ``ids (B, M) >= 0 -> (B, M, width)`` per token condition."""
+        return {}
+
+    def draw_conditions(self, num: int, generator: torch.Generator,
+                        given: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Conditions (num rows) for generation and the element counts they imply (None: draw as usual).
+
+        ``given`` holds the user's values by condition name (physical units, the adapter's spelling); the
+        rest are drawn jointly from the training data. An unknown name or a bad value is a ``UserError``."""
+        if given:
+            raise UserError(f"unknown condition(s) {sorted(given)}: this model takes none")
+        return {}, None
+
+    def apply_conditions(self, out: dict[str, Tensor], conds: dict[str, Tensor],
+                         mask: Tensor | None) -> dict[str, Tensor]:
+        """Decoder outputs made to honour conditions that fix parts of the sample (a given composition
+        fixes the atom types); identity by default."""
+        return out
 
 
 # ----------------------------------------------------------------------------- registry

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .engine import LoadedModel, class_condition, generate, load_model, reconstruct_items
+from .engine import LoadedModel, class_condition, generate, load_model, reconstruct_items, structured_condition
 from .errors import UserError
 from .files import atomic_write
 
@@ -139,12 +139,14 @@ class Model:
 
     def sample(self, num: int, condition: dict[str, Any] | int | None = None, seed: int | None = None,
                progress: bool = False) -> list[Any]:
-        """``num`` new samples; ``condition``: a class index (``{"class": 3}`` or ``3``) for conditional data."""
+        """``num`` new samples; ``condition``: a class index (``{"class": 3}`` or ``3``) for conditional data,
+        or the adapter's structured conditions by name (``{"gap": 300.0}``, ``{"composition": "NaCl"}``)."""
         if num < 1:
             raise UserError(f"num must be >= 1, got {num}")
         cond = class_condition(self.adapter, num, condition)
         scfg = self.cfg.sample if seed is None else replace(self.cfg.sample, seed=seed)
-        samples, _ = generate(self.model, self.adapter, scfg, num, cond=cond, progress=progress)
+        samples, _ = generate(self.model, self.adapter, scfg, num, cond=cond, progress=progress,
+                              given=structured_condition(condition))
         return samples
 
 

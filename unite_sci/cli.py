@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="random seed (default: the checkpoint's sample.seed)")
     s.add_argument("--out", required=True, help="folder for the exported samples")
     s.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE",
-                   help="generate under this condition: class=N for class-conditional checkpoints "
+                   help="generate under this condition: class=N for class-conditional checkpoints, or a "
+                        "condition the checkpoint was trained on (the adapter's, e.g. a property value "
+                        "or a composition); conditions not given are drawn from the training data "
                         "(default: unconditional, or class-balanced labels); repeatable")
 
     e = command("evaluate", "metrics of samples on disk")

@@ -20,6 +20,7 @@ import torch
 
 from .adapter import Adapter, available, default_config_source, get_adapter_class, unknown_modality
 from .checkpoint import load_checkpoint
+from .conditions import Cond
 from .config import RunConfig, SampleConfig, build_config, from_yaml, to_yaml
 from .errors import UserError
 from .files import file_hash, writable_dir, write_json
@@ -118,8 +119,14 @@ def load_model(checkpoint: str | Path, device: str = "auto", use_ema: bool | Non
 
 @torch.no_grad()
 def generate(model: Unite, adapter: Adapter, scfg: SampleConfig, num: int | None = None,
-             cond: torch.Tensor | None = None, progress: bool = True) -> tuple[list[Any], dict[str, Any]]:
-    """Sample ``num`` domain objects; returns them and the sampling settings and speed."""
+             cond: torch.Tensor | None = None, progress: bool = True, given: dict[str, Any] | None = None,
+             conds: dict[str, torch.Tensor] | None = None, sizes: torch.Tensor | None = None,
+             ) -> tuple[list[Any], dict[str, Any]]:
+    """Sample ``num`` domain objects; returns them and the sampling settings and speed.
+
+    ``cond``: class labels (num,). Structured conditions (an adapter with ``condition_specs``): ``given``
+    fixes some by name in the user's units and the adapter draws the rest from the training data, or
+    ``conds`` gives them ready-made (num rows, with the element counts ``sizes`` they imply)."""
     from tqdm import tqdm
 
     num = num or scfg.num
@@ -128,7 +135,11 @@ def generate(model: Unite, adapter: Adapter, scfg: SampleConfig, num: int | None
     if cond is None:  # class-balanced labels for conditional data, null otherwise
         cond = (torch.arange(num) % adapter.num_classes if adapter.num_classes
                 else torch.full((num,), model.encoder.null_class))
-    sizes = adapter.sample_sizes(num, gen)
+    if conds is None:
+        draw = getattr(adapter, "draw_conditions", None)
+        conds, sizes = draw(num, gen, dict(given or {})) if draw is not None else ({}, None)
+    if sizes is None:
+        sizes = adapter.sample_sizes(num, gen)
     shift = model.cfg.flow.shift if scfg.shift is None else scfg.shift
     out: list[Any] = []
     nfe_total, t0 = 0, time.time()
@@ -141,14 +152,19 @@ def generate(model: Unite, adapter: Adapter, scfg: SampleConfig, num: int | None
         regs = model.registers(mask, hi - lo, device)
 
         def denoise(x, t, c, sc=None, r=regs):  # guidance doubles the batch: repeat the registers with it
-            return model.denoiser.denoise(x, t, c, r.repeat(x.shape[0] // r.mask.shape[0]), self_cond=sc)
+            return model.denoiser.denoise(x, t, c.label, r.repeat(x.shape[0] // r.mask.shape[0]), self_cond=sc,
+                                          conds=c.extra)
 
-        z, nfe = sample_latents(denoise, noise, cond=cond[lo:hi].to(device), null=model.encoder.null_class,
+        rows = Cond(cond[lo:hi], {k: v[lo:hi] for k, v in conds.items()}).to(device)
+        z, nfe = sample_latents(denoise, noise, cond=rows, null=model.encoder.null_class,
                                 solver=scfg.solver, steps=scfg.steps, shift=shift, clamp=model.cfg.flow.clamp,
                                 cfg=scfg.cfg, cfg_interval=tuple(scfg.cfg_interval), atol=scfg.atol,
                                 rtol=scfg.rtol, self_condition=model.cfg.flow.self_condition > 0)
         nfe_total += nfe
-        out.extend(adapter.to_domain(model.decode(z, mask, regs), mask))
+        dec = model.decode(z, mask, regs)
+        if rows.extra:
+            dec = adapter.apply_conditions(dec, rows.extra, mask)
+        out.extend(adapter.to_domain(dec, mask))
     wall = time.time() - t0
     info = {"num_samples": num, "solver": scfg.solver, "steps": scfg.steps, "time_shift": shift, "cfg_scale": scfg.cfg,
             "cfg_interval": list(scfg.cfg_interval), "seed": scfg.seed, "nfe_per_batch": nfe_total /
@@ -226,14 +242,13 @@ def evaluate_path(modality: str, samples: str, per_sample_csv: str | None = None
 
 
 def class_condition(adapter: Adapter, num: int, condition: dict[str, Any] | int | None) -> torch.Tensor | None:
-    """Labels (num,) for ``condition`` (``{"class": 3}`` or ``3``), None for none; one-line errors."""
+    """Labels (num,) for ``condition``'s class (``{"class": 3}`` or ``3``), None for none; one-line errors.
+
+    Other keys of a dict are the adapter's structured conditions (``split_condition``)."""
+    if isinstance(condition, dict):
+        condition = condition.get("class")
     if condition is None:
         return None
-    if isinstance(condition, dict):
-        unknown = sorted(set(condition) - {"class"})
-        if unknown:
-            raise UserError(f"unknown condition(s) {unknown}: this checkpoint takes class")
-        condition = condition.get("class")
     try:
         label = int(condition)
     except (TypeError, ValueError):
@@ -241,6 +256,11 @@ def class_condition(adapter: Adapter, num: int, condition: dict[str, Any] | int 
     if not adapter.num_classes or not 0 <= label < adapter.num_classes:
         raise UserError(f"class {label} is not a class of this checkpoint ({adapter.num_classes} classes)")
     return torch.full((num,), label, dtype=torch.long)
+
+
+def structured_condition(condition: dict[str, Any] | int | None) -> dict[str, Any]:
+    """The non-class part of a user's condition (checked by the adapter's ``draw_conditions``)."""
+    return {k: v for k, v in condition.items() if k != "class"} if isinstance(condition, dict) else {}
 
 
 def sample_to_disk(checkpoint: str, out: str, num: int, overrides: dict[str, Any],
@@ -254,7 +274,7 @@ def sample_to_disk(checkpoint: str, out: str, num: int, overrides: dict[str, Any
         if v is not None:
             setattr(scfg, k, v)
     cond = class_condition(adapter, num, condition)
-    samples, info = generate(loaded.model, adapter, scfg, num, cond=cond)
+    samples, info = generate(loaded.model, adapter, scfg, num, cond=cond, given=structured_condition(condition))
     files = adapter.export(samples, out_dir)
     meta = {**info, "condition": condition or {}, **provenance(loaded), "files": [str(f) for f in files], "config": to_yaml(cfg)}
     write_json(meta, out_dir / "samples_meta.json")

@@ -211,7 +211,8 @@ class GenerativeEncoder(nn.Module):
     def __init__(self, layout: RegisterLayout, latent_dim: int, *, width: int, depth: int, heads: int,
                  num_classes: int = 0, mlp_ratio: float = 4.0, time_freqs: int = 256,
                  rope_theta: float = 1e4, in_context_tokens: int = 0, in_context_start: int = 4,
-                 tokenize_t_max: float = 0.01, self_condition: bool = False):
+                 tokenize_t_max: float = 0.01, self_condition: bool = False,
+                 conditions: nn.Module | None = None):
         super().__init__()
         self.layout, self.latent_dim, self.width = layout, latent_dim, width
         self.rope_theta, self.heads = rope_theta, heads
@@ -224,6 +225,7 @@ class GenerativeEncoder(nn.Module):
         self.reg_embed = nn.Parameter(sincos_1d(layout.table_size, width))  # learnable, sin-cos init
         self.t_embed = TimeEmbedder(width, time_freqs)
         self.y_embed = ConditionEmbedder(num_classes, width)
+        self.conditions = conditions  # ConditionEncoder of the adapter's structured conditions, if any
         if in_context_tokens:
             self.ctx_pos = nn.Parameter(torch.zeros(in_context_tokens, width).normal_(std=0.02))
         self.blocks = nn.ModuleList(GEBlock(width, heads, mlp_ratio) for _ in range(depth))
@@ -253,7 +255,8 @@ class GenerativeEncoder(nn.Module):
 
     def forward(self, registers: Tensor, t: Tensor, cond: Tensor, *, regs: Registers,
                 tokens: Tensor | None = None, tok_mask: Tensor | None = None,
-                tok_pos: Tensor | None = None, self_cond: Tensor | None = None) -> Tensor:
+                tok_pos: Tensor | None = None, self_cond: Tensor | None = None,
+                conds: dict[str, Tensor] | None = None) -> Tensor:
         """registers (B, K, C), t (B,), cond (B,) long, masks bool True = real -> latents (B, K, C).
 
         ``regs``: the batch's register mask and positions (``layout.registers``); ``tokens`` (B, N, d) with
@@ -261,6 +264,7 @@ class GenerativeEncoder(nn.Module):
 
         ``self_cond`` (B, K, C): the previous clean-latent prediction (self-conditioning); zeros when there is
         none yet (as in training); None adds nothing (tokenize mode, or a model built without it).
+        ``conds``: the adapter's structured conditions (``conditions.py``); absent ones count as not given.
         """
         b, k, _ = registers.shape
         reg_mask, reg_pos = regs
@@ -274,6 +278,11 @@ class GenerativeEncoder(nn.Module):
             x = torch.cat([x, tokens], dim=1)  # (B, K + N, d)
             pos, mask = torch.cat([reg_pos, tok_pos], 1), torch.cat([reg_mask, tok_mask], 1)
         c = self.t_embed(t) + self.y_embed(cond)  # (B, d)
+        if self.conditions is not None:
+            vec, seqs = self.conditions(conds, b, x.device)
+            c = c + vec
+            for ctok, cmask, aligned in seqs:
+                x, pos, mask = self._append_condition(x, pos, mask, ctok, cmask, aligned)
         rope = rope_tables(pos, self.width // self.heads, self.rope_theta)
         attn_mask = mask[:, None, None, :]  # (B, 1, 1, L): padding is never attended to
         for i, blk in enumerate(self.blocks):
@@ -282,6 +291,18 @@ class GenerativeEncoder(nn.Module):
             x = blk(x, c, rope, attn_mask)  # (B, L, d)
         skip = self.in_context_tokens if self.in_context_tokens and len(self.blocks) > self.in_context_start else 0
         return self.final(x[:, skip:skip + k], c)  # (B, K, C)
+
+    def _append_condition(self, x: Tensor, pos: Tensor, mask: Tensor, tok: Tensor, tmask: Tensor,
+                          aligned: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Condition tokens (B, M, d) join the sequence: aligned ones at their elements' register positions
+        (with those registers' index embedding), a set at one shared position (-1)."""
+        b, m = tmask.shape
+        if aligned and self.layout.per_element:
+            tpos = self.layout.token_positions(m, b, x.device)
+            tok = tok + self.reg_embed[tpos]
+        else:
+            tpos = torch.full((b, m), -1, dtype=torch.long, device=x.device)
+        return torch.cat([x, tok], 1), torch.cat([pos, tpos], 1), torch.cat([mask, tmask], 1)
 
     def _add_context(self, x: Tensor, c: Tensor, pos: Tensor, mask: Tensor):
         """Prepend copies of the condition embedding (public code: from block 4 on)."""
@@ -311,13 +332,13 @@ class GenerativeEncoder(nn.Module):
         return self(noise, t, null, regs=regs, tokens=tokens, tok_mask=tok_mask, tok_pos=tok_pos)
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor, regs: Registers, *,
-                self_cond: Tensor | None = None) -> Tensor:
+                self_cond: Tensor | None = None, conds: dict[str, Tensor] | None = None) -> Tensor:
         """Noisy latents x_t (B, K, C) at flow time t (B,) -> predicted clean latents (B, K, C).
 
         ``regs``: the batch's ``layout.registers``. ``self_cond`` (B, K, C) is the previous prediction when
-        the model was built with self-conditioning.
+        the model was built with self-conditioning; ``conds`` the structured conditions (``conditions.py``).
         """
-        return self(x_t, t, cond, regs=regs, self_cond=self_cond)
+        return self(x_t, t, cond, regs=regs, self_cond=self_cond, conds=conds)
 
 
 # ----------------------------------------------------------------------------- decoder

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from .conditions import Cond
 from .flow import shift_time, shift_time_derivative, x_to_velocity
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x (B, ...), t (B,)) -> dx/dt
@@ -53,8 +54,10 @@ def integrate(f: VelocityFn, x0: Tensor, *, solver: str = "heun", steps: int = 5
 
 
 def guided_prediction(predict: Callable[[Tensor, Tensor, Tensor], Tensor], x: Tensor, t: Tensor, *,
-                      cond: Tensor, null: int, scale: float, interval: tuple[float, float]) -> Tensor:
+                      cond: Tensor | Cond, null: int, scale: float, interval: tuple[float, float]) -> Tensor:
     """Classifier-free guidance on x-predictions: ``xu + w (xc - xu)`` only for t in the interval.
+
+    ``cond``: labels (B,), or a :class:`Cond` whose unconditional rows drop every structured condition too.
 
     Both predictions already pass the network's final LayerNorm before they are mixed. Outside the
     interval (or with w = 1) the conditional prediction alone is used.
@@ -63,7 +66,9 @@ def guided_prediction(predict: Callable[[Tensor, Tensor, Tensor], Tensor], x: Te
     inside = (t > lo) & (t <= hi)
     if scale == 1.0 or not bool(inside.any()):
         return predict(x, t, cond)
-    both = predict(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, torch.full_like(cond, null)]))
+    both_cond = (cond.with_null(null) if isinstance(cond, Cond)
+                 else torch.cat([cond, torch.full_like(cond, null)]))
+    both = predict(torch.cat([x, x]), torch.cat([t, t]), both_cond)
     xc, xu = both.chunk(2)
     guided = xu + scale * (xc - xu)
     w = inside.view(-1, *([1] * (x.dim() - 1)))
@@ -71,14 +76,14 @@ def guided_prediction(predict: Callable[[Tensor, Tensor, Tensor], Tensor], x: Te
 
 
 @torch.no_grad()
-def sample_latents(denoise: Callable[..., Tensor], noise: Tensor, *, cond: Tensor, null: int,
+def sample_latents(denoise: Callable[..., Tensor], noise: Tensor, *, cond: Tensor | Cond, null: int,
                    solver: str = "heun", steps: int = 50, shift: float = 0.5, clamp: float = 0.05,
                    cfg: float = 1.0, cfg_interval: tuple[float, float] = (0.1, 1.0), atol: float = 1e-6,
                    rtol: float = 1e-3, self_condition: bool = False) -> tuple[Tensor, int]:
     """Noise (B, K, C) -> clean latents (B, K, C) with the given solver and guidance.
 
-    ``denoise(x, t, cond)`` is the x-prediction network; ``cond`` (B,) long the labels, ``null`` the
-    label of no condition. Everything after ``noise`` is a keyword: two swapped floats would run silently.
+    ``denoise(x, t, cond)`` is the x-prediction network; ``cond`` (B,) long the labels (or a :class:`Cond`
+    with structured conditions), ``null`` the label of no condition. Everything after ``noise`` is a keyword: two swapped floats would run silently.
 
     ``self_condition``: ``denoise`` takes a fourth argument, the previous x-prediction for the same batch
     rows (zeros at the first evaluation), as the model saw it in training.

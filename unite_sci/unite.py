@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapter import Adapter, Batch, checked_module
+from .conditions import ConditionEncoder, drop_conds
 from .config import RunConfig
 from .flow import flow_loss, interpolate, logit_normal_time
 from .model import PRESETS, GenerativeEncoder, LatentDecoder, Registers
@@ -62,13 +63,17 @@ class Unite(nn.Module):
         self.adapter, self.cfg = adapter, cfg
         a, m = resolve_arch(cfg), cfg.model
 
+        specs = adapter.condition_specs() if hasattr(adapter, "condition_specs") else []
+
         def make_ge() -> GenerativeEncoder:
+            conditions = (ConditionEncoder(specs, a.width, adapter.build_condition_embedders(a.width))
+                          if specs else None)
             return GenerativeEncoder(adapter.layout, m.latent_dim, width=a.width, depth=a.depth, heads=a.heads,
                                      num_classes=adapter.num_classes, mlp_ratio=m.mlp_ratio,
                                      time_freqs=m.time_freqs, rope_theta=m.rope_theta,
                                      in_context_tokens=m.in_context_tokens, in_context_start=m.in_context_start,
                                      tokenize_t_max=cfg.flow.tokenize_t_max,
-                                     self_condition=cfg.flow.self_condition > 0)
+                                     self_condition=cfg.flow.self_condition > 0, conditions=conditions)
 
         self.encoder = make_ge()
         # shared weights: the same module object, so exactly one parameter set
@@ -139,21 +144,30 @@ class Unite(nn.Module):
         drop = self._rand("rand", tuple(cond.shape), cond.device) < self.cfg.flow.label_dropout
         return torch.where(drop, torch.full_like(cond, self.encoder.null_class), cond)
 
-    def flow_losses(self, x1: Tensor, cond: Tensor, regs: Registers) -> list[Tensor]:
-        """K flow passes on clean latents x1 (B, K, C), each with fresh t' and eps."""
+    def drop_conds(self, conds: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Structured-condition dropout (each scalar, each token set) for guidance training."""
+        if not self.training or not conds:
+            return conds
+        dev = next(iter(conds.values())).device
+        return drop_conds(conds, self.cfg.flow.label_dropout, lambda shape: self._rand("rand", shape, dev))
+
+    def flow_losses(self, x1: Tensor, cond: Tensor, regs: Registers,
+                    conds: dict[str, Tensor] | None = None) -> list[Tensor]:
+        """K flow passes on clean latents x1 (B, K, C), each with fresh t' and eps (and fresh dropout of the
+        labels and structured conditions ``conds``)."""
         f = self.cfg.flow
         losses = []
         for k in range(f.flow_batches):
             t = logit_normal_time(self._rand("randn", (x1.shape[0],), x1.device), f.logit_mean, f.logit_std, f.shift)
             x_t = interpolate(x1, self._rand_latents(x1.shape[0], regs, x1.device), t)
-            y = self.drop_labels(cond)
-            sc = self.self_condition(x_t, t, y, regs, k)
-            x1_hat = self.denoiser.denoise(x_t, t, y, regs, self_cond=sc)  # (B, K, C)
+            y, extra = self.drop_labels(cond), self.drop_conds(conds or {})
+            sc = self.self_condition(x_t, t, y, regs, k, extra)
+            x1_hat = self.denoiser.denoise(x_t, t, y, regs, self_cond=sc, conds=extra)  # (B, K, C)
             losses.append(flow_loss(x1_hat, x1, t, f.clamp, regs.mask))
         return losses
 
     def self_condition(self, x_t: Tensor, t: Tensor, y: Tensor, regs: Registers,
-                       pass_index: int = 0) -> Tensor | None:
+                       pass_index: int = 0, conds: dict[str, Tensor] | None = None) -> Tensor | None:
         """The self-conditioning input of one flow pass (Chen et al. 2022, as ADiT): with probability
         ``flow.self_condition`` (one coin for the whole global batch, drawn alike on every rank) the
         detached x-prediction of a first, gradient-free pass; zeros otherwise. None when switched off.
@@ -168,7 +182,7 @@ class Unite(nn.Module):
         if not self.training or coin >= p:
             return zeros
         with torch.no_grad():
-            return self.denoiser.denoise(x_t, t, y, regs, self_cond=zeros).detach()  # (B, K, C)
+            return self.denoiser.denoise(x_t, t, y, regs, self_cond=zeros, conds=conds).detach()  # (B, K, C)
 
     # ------------------------------------------------------------------ one step
     def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -188,7 +202,7 @@ class Unite(nn.Module):
                 z0 = self.encode(batch, regs)
         if self.phase in (Phase.JOINT, Phase.DENOISER):
             x1 = z0.detach() if (self.cfg.flow.stop_gradient or self.phase == Phase.DENOISER) else z0
-            flows = self.flow_losses(x1, batch.cond, regs)
+            flows = self.flow_losses(x1, batch.cond, regs, batch.conds)
             l_flow = torch.stack(flows).sum()  # summed over the K passes, not averaged
             total = total + l_flow
             logs["flow"] = l_flow.detach()

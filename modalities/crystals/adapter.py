@@ -30,7 +30,7 @@ training split and are saved in the adapter's state, with the distribution of at
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -48,6 +48,7 @@ from unite_sci.schema import Choice, non_negative, one_of, positive, ranged
 
 from ..atoms import MAX_Z
 from . import data as cdata
+from .conditioning import CrystalConditions
 from .elements import ElementFeatures
 from .metrics import OXIDATION_SETS
 
@@ -94,6 +95,8 @@ class CrystalConfig:
     wasserstein_reference: int = non_negative(0)  # >0: Wasserstein distances of density and #elements
                                         # against this many test crystals (CDVAE uses the whole test split)
     space_groups: bool = True           # space groups of samples against the training crystals' (symmetry.py)
+    condition_on: list = field(default_factory=list)  # composition (atom types given: structure prediction)
+                                        # and/or chemsys (a set of elements); see conditioning.py
     coverage: bool = False              # COV-R / COV-P (CDVAE, matminer) against the wasserstein_reference
                                         # crystals: about 0.1 s per crystal for the fingerprints
 
@@ -103,6 +106,9 @@ class CrystalConfig:
                                        "nor an oxidation-state file")
         if self.type_decode == "composition" and self.composition_weight == 0:
             yield "type_decode", "composition needs the composition head (data.composition_weight > 0)"
+        bad = [n for n in self.condition_on if n not in ("composition", "chemsys")]
+        if bad:
+            yield "condition_on", f"unknown crystal condition(s) {bad}; valid: composition, chemsys"
         if self.coverage and not self.wasserstein_reference:
             yield "coverage", "coverage needs reference crystals (data.wasserstein_reference > 0)"
 
@@ -186,6 +192,7 @@ class CrystalAdapter(AdapterBase):
         self._stats_ready = False
         self._splits: dict[str, cdata.Crystals] | None = None
         self._train_items: list | None = None
+        self.conditions = CrystalConditions(list(cfg.condition_on), self.max_atoms) if cfg.condition_on else None
 
     # ------------------------------------------------------------------ data
     def crystals(self, split: str) -> cdata.Crystals:
@@ -229,13 +236,14 @@ class CrystalAdapter(AdapterBase):
             raise DataError(f"a crystal has {int(mask.sum(1).max())} atoms, more than data.max_atoms={self.max_atoms}")
         types = torch.where(mask, z - 1, torch.full_like(z, NUM_TYPES))  # padding index 100
         data = {"types": types, "frac": frac, "lattice": (lattice - self.lattice_mean) / self.lattice_std}
-        return Batch(data, mask, self.null_cond(len(items)))
+        conds = self.conditions.from_types(types, mask) if self.conditions is not None else {}
+        return Batch(data, mask, self.null_cond(len(items)), conds)
 
     def augment(self, batch: Batch, generator: torch.Generator) -> Batch:
         if not self.cfg.random_translation:
             return batch
         frac = cdata.random_translate(batch.data["frac"], batch.mask, generator)
-        return Batch(dict(batch.data, frac=frac), batch.mask, batch.cond)
+        return batch.with_data(frac=frac)
 
     # ------------------------------------------------------------------ network parts
     def build_embedder(self, width: int) -> nn.Module:
@@ -263,6 +271,21 @@ class CrystalAdapter(AdapterBase):
             loss = loss + c.composition_weight * bce
             parts["composition_bce"] = bce.detach()
         return loss, parts
+
+    # ------------------------------------------------------------------ conditions
+    def condition_specs(self) -> list:
+        return self.conditions.specs() if self.conditions is not None else []
+
+    def build_condition_embedders(self, width: int) -> dict[str, nn.Module]:
+        return {name: nn.Embedding(NUM_TYPES, width) for name in (self.conditions.names if self.conditions else [])}
+
+    def draw_conditions(self, num: int, generator: torch.Generator, given: dict[str, Any]):
+        if self.conditions is None:
+            return super().draw_conditions(num, generator, given)
+        return self.conditions.draw(num, generator, given, lambda: self.build_splits()["train"].z)
+
+    def apply_conditions(self, out: dict[str, Tensor], conds: dict[str, Tensor], mask: Tensor | None):
+        return CrystalConditions.apply(out, conds)
 
     # ------------------------------------------------------------------ generation
     def sample_sizes(self, num: int, generator: torch.Generator) -> Tensor:
@@ -369,7 +392,7 @@ class CrystalAdapter(AdapterBase):
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        paths = [write_npz(out_dir / "samples.npz", samples)]
+        paths = [cio.write_npz(out_dir / "samples.npz", samples)]
         paths += cio.write_cifs(samples, out_dir / "cifs")
         paths.append(cio.write_extxyz(samples, out_dir / "samples.extxyz"))
         paths.append(cio.plot_cells(samples, out_dir / "cells.png"))
@@ -389,7 +412,7 @@ class CrystalAdapter(AdapterBase):
             elif not any(path.glob("*.cif")) and (path / "samples.extxyz").is_file():
                 path = path / "samples.extxyz"
         if path.suffix == ".npz":
-            return read_npz(path)
+            return cio.read_npz(path)
         found = cio.read_structures(path)
         return [cdata.CrystalItem(np.array([s.specie.Z for s in st], dtype=np.int64), np.mod(st.frac_coords, 1.0),
                                   np.array(st.lattice.abc), np.array(st.lattice.angles), name)
@@ -405,27 +428,3 @@ class CrystalAdapter(AdapterBase):
             self.lattice_mean = state["lattice_mean"].float()
             self.lattice_std = state["lattice_std"].float()
             self._stats_ready = True
-
-
-# ----------------------------------------------------------------------------- exact sample files
-def write_npz(path: Path, samples: list) -> Path:
-    """Flat arrays of every sample (no pickles): num_atoms (M,), z, frac (sum n, 3), lengths, angles (M, 3)."""
-    items = [(np.asarray(s[0], np.int64).reshape(-1), np.asarray(s[1], np.float64).reshape(-1, 3),
-              np.asarray(s[2], np.float64).reshape(3), np.asarray(s[3], np.float64).reshape(3)) for s in samples]
-    np.savez(path, num_atoms=np.array([len(i[0]) for i in items], np.int64),
-             z=np.concatenate([i[0] for i in items]) if items else np.zeros(0, np.int64),
-             frac=np.concatenate([i[1] for i in items]) if items else np.zeros((0, 3)),
-             lengths=np.array([i[2] for i in items]).reshape(-1, 3),
-             angles=np.array([i[3] for i in items]).reshape(-1, 3))
-    return Path(path)
-
-
-def read_npz(path: Path) -> list[cdata.CrystalItem]:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            n, z, frac, lengths, angles = (f[k] for k in ("num_atoms", "z", "frac", "lengths", "angles"))
-    except (OSError, KeyError, ValueError) as e:
-        raise DataError(f"{path}: not a crystal samples.npz ({type(e).__name__}: {e})") from None
-    ends = np.cumsum(n)
-    return [cdata.CrystalItem(z[e - k:e], frac[e - k:e], lengths[i], angles[i], f"sample{i}")
-            for i, (k, e) in enumerate(zip(n, ends))]

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from unite_sci.errors import DataError
+
+from . import data as cdata
 
 from .structures import MAX_Z, build_structure, to_arrays
 
@@ -169,3 +173,27 @@ def read_structures(path: str | Path, max_skip_fraction: float = 0.05) -> Struct
         raise DataError(f"{path}: {sum(reasons.values())} of {total} entries unreadable ({top}), more than "
                         f"max_skip_fraction={max_skip_fraction}")
     return StructureSet(structures, names, dict(reasons))
+
+
+# ----------------------------------------------------------------------------- exact sample files
+def write_npz(path: Path, samples: list) -> Path:
+    """Flat arrays of every sample (no pickles): num_atoms (M,), z, frac (sum n, 3), lengths, angles (M, 3)."""
+    items = [(np.asarray(s[0], np.int64).reshape(-1), np.asarray(s[1], np.float64).reshape(-1, 3),
+              np.asarray(s[2], np.float64).reshape(3), np.asarray(s[3], np.float64).reshape(3)) for s in samples]
+    np.savez(path, num_atoms=np.array([len(i[0]) for i in items], np.int64),
+             z=np.concatenate([i[0] for i in items]) if items else np.zeros(0, np.int64),
+             frac=np.concatenate([i[1] for i in items]) if items else np.zeros((0, 3)),
+             lengths=np.array([i[2] for i in items]).reshape(-1, 3),
+             angles=np.array([i[3] for i in items]).reshape(-1, 3))
+    return Path(path)
+
+
+def read_npz(path: Path) -> list[cdata.CrystalItem]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            n, z, frac, lengths, angles = (f[k] for k in ("num_atoms", "z", "frac", "lengths", "angles"))
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"{path}: not a crystal samples.npz ({type(e).__name__}: {e})") from None
+    ends = np.cumsum(n)
+    return [cdata.CrystalItem(z[e - k:e], frac[e - k:e], lengths[i], angles[i], f"sample{i}")
+            for i, (k, e) in enumerate(zip(n, ends))]

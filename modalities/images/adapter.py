@@ -244,7 +244,7 @@ class ImageAdapter(AdapterBase):
             return batch
         images = batch.data["images"]
         flip = (torch.rand(len(batch), generator=generator) < 0.5).view(-1, 1, 1, 1).to(images.device)
-        return Batch({"images": torch.where(flip, images.flip(-1), images)}, None, batch.cond)
+        return batch.with_data(images=torch.where(flip, images.flip(-1), images))
 
     # ------------------------------------------------------------------ network parts
     def build_embedder(self, width: int) -> nn.Module:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unite_sci.adapter import AdapterBase, Batch, register
+from unite_sci.conditions import SCALARS
 from unite_sci.errors import DataError
 from unite_sci.model import RegisterLayout
 from unite_sci.reduce import masked_mean
@@ -26,6 +27,7 @@ from unite_sci.schema import Choice, non_negative, positive, ranged
 from ..atoms import principal_axes_frame, random_rotations
 from . import data as qdata
 from . import io as qio
+from .conditioning import PropertyConditions, train_half
 from .properties import PROPERTIES
 
 if TYPE_CHECKING:  # the metrics modules load RDKit and OpenBabel: imported when first evaluating
@@ -62,6 +64,9 @@ class QM9Config:
     eval_workers: int = 0               # 0: all cores
     time_limit_s: float = positive(30.0)  # per molecule in evaluation; past it = invalid / no match (a
                                           # molecule takes milliseconds: only a hung toolkit call gets here)
+    condition_on: list = field(default_factory=list)  # properties to condition on (alpha, gap, homo, lumo,
+                                        # mu, Cv: EDM's units), each dropped for guidance (flow.label_dropout)
+    train_half: str = ""                # "a" / "b": half of the training split (EDM's conditional protocol)
     novelty: bool = True                # needs the training SMILES (computed once, cached)
     geometry: bool = True               # bond length / angle / valency diagnostics (see qm9/geometry.py)
 
@@ -69,6 +74,11 @@ class QM9Config:
         if self.registers == "fixed" and self.num_registers < self.max_atoms:
             yield "num_registers", (f"{self.num_registers} < data.max_atoms {self.max_atoms}: every atom needs "
                                     "a decoder slot")
+        if self.train_half not in ("", "a", "b"):
+            yield "train_half", f"must be '', 'a' or 'b', got {self.train_half!r}"
+        bad = [n for n in self.condition_on if n not in PROPERTIES]
+        if bad:
+            yield "condition_on", f"unknown properties {bad}; valid: {', '.join(PROPERTIES)}"
         if self.canonical_frame and self.random_rotation:
             yield "canonical_frame", ("a canonical frame and random rotations exclude each other, set "
                                       "data.random_rotation=false")
@@ -132,6 +142,8 @@ class QM9Adapter(AdapterBase):
         self._splits: dict[str, Any] | None = None
         self._train_smiles: set[str] | None = None
         self._geometry_ref: Geometry | None = None  # the reference training molecules, once measured
+        self.properties = (PropertyConditions(list(cfg.condition_on), cfg.data_dir, cfg.cache_dir)
+                           if cfg.condition_on else None)
 
     # ------------------------------------------------------------------ data
     def molecules(self, split: str, frame: bool = True) -> qdata.Molecules:
@@ -140,6 +152,8 @@ class QM9Adapter(AdapterBase):
         mols = qdata.load_split(split, self.cfg.data_dir, self.cfg.cache_dir)
         limit = {"train": self.cfg.num_train, "val": self.cfg.num_val, "test": self.cfg.num_test}[split]
         mols = mols.subset(np.arange(min(limit, len(mols)))) if limit else mols
+        if split == "train":
+            mols = train_half(mols, self.cfg.train_half)
         if frame and self.cfg.canonical_frame:
             mols = qdata.Molecules(mols.z, [principal_axes_frame(z, p) for z, p in zip(mols.z, mols.pos)],
                                    mols.smiles, mols.index)
@@ -147,7 +161,11 @@ class QM9Adapter(AdapterBase):
 
     def build_splits(self):
         if self._splits is None:
-            self._splits = {s: qdata.QM9Dataset(self.molecules(s)) for s in ("train", "val", "test")}
+            mols = {s: self.molecules(s) for s in ("train", "val", "test")}
+            if self.properties is not None:
+                self.properties.fit(mols["train"])
+            self._splits = {s: qdata.QM9Dataset(m, props=self.properties.values(m) if self.properties else None)
+                            for s, m in mols.items()}
             train = self._splits["train"].mols
             if int(train.n_atoms.max()) > self.cfg.max_atoms:
                 raise DataError(f"QM9 training molecules have up to {int(train.n_atoms.max())} atoms, "
@@ -165,14 +183,18 @@ class QM9Adapter(AdapterBase):
             bad = sorted(set(z[mask][types[mask] < 0].tolist()))
             raise DataError(f"atomic numbers {bad} are not among data.elements {self.elements}")
         types = torch.where(mask, types, torch.full_like(types, len(self.elements)))  # padding index
-        return Batch({"types": types, "pos": pos * mask.unsqueeze(-1)}, mask, self.null_cond(len(items)))
+        conds = {}
+        if self.properties is not None:  # items read from files carry no values: not given (NaN)
+            none = torch.full((1, len(self.properties.names)), float("nan"))
+            conds[SCALARS] = torch.cat([getattr(it, "y", None) if getattr(it, "y", None) is not None else none
+                                        for it in items]).float()
+        return Batch({"types": types, "pos": pos * mask.unsqueeze(-1)}, mask, self.null_cond(len(items)), conds)
 
     def augment(self, batch: Batch, generator: torch.Generator) -> Batch:
         if not self.cfg.random_rotation:
             return batch
         rot = random_rotations(len(batch), generator).to(batch.data["pos"].device)  # (B, 3, 3), drawn on the CPU
-        data = dict(batch.data, pos=torch.bmm(batch.data["pos"], rot))
-        return Batch(data, batch.mask, batch.cond)
+        return batch.with_data(pos=torch.bmm(batch.data["pos"], rot))
 
     # ------------------------------------------------------------------ network parts
     def build_embedder(self, width: int) -> nn.Module:
@@ -211,6 +233,17 @@ class QM9Adapter(AdapterBase):
             loss = loss + self.cfg.distance_weight * dist
             parts["dist_mse"] = dist.detach()
         return loss, parts
+
+    # ------------------------------------------------------------------ conditions
+    def condition_specs(self) -> list:
+        return self.properties.specs() if self.properties is not None else []
+
+    def draw_conditions(self, num: int, generator: torch.Generator, given: dict[str, Any]):
+        if self.properties is None:
+            return super().draw_conditions(num, generator, given)
+        if not len(self.properties.pool_sizes):
+            self.build_splits()
+        return self.properties.draw(num, generator, given)
 
     # ------------------------------------------------------------------ generation
     def sample_sizes(self, num: int, generator: torch.Generator) -> Tensor | None:
@@ -259,7 +292,7 @@ class QM9Adapter(AdapterBase):
 
         if self._train_smiles is None:
             mols = self.molecules("train", frame=False)
-            cache = Path(self.cfg.cache_dir or qdata.default_cache_dir()) / f"train_smiles_{len(mols)}.txt"
+            cache = Path(self.cfg.cache_dir or qdata.default_cache_dir()) / f"train_smiles_{len(mols)}{self.cfg.train_half}.txt"
             self._train_smiles = metrics.training_smiles(mols.z, mols.pos, cache, **self._pool())
         return self._train_smiles
 
@@ -270,7 +303,7 @@ class QM9Adapter(AdapterBase):
         if self._geometry_ref is None:
             mols = self.molecules("train", frame=False)
             n = min(GEOMETRY_REFERENCE, len(mols))
-            cache = Path(self.cfg.cache_dir or qdata.default_cache_dir()) / f"geometry_train_{n}.npz"
+            cache = Path(self.cfg.cache_dir or qdata.default_cache_dir()) / f"geometry_train_{n}{self.cfg.train_half}.npz"
             self._geometry_ref = geometry.reference(mols.z[:n], mols.pos[:n], cache)
         return self._geometry_ref
 
@@ -333,8 +366,15 @@ class QM9Adapter(AdapterBase):
         return list(zip(z, pos))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"atom_count_distribution": self.count_dist.clone()}
+        state = {"atom_count_distribution": self.count_dist.clone()}
+        if self.properties is not None:
+            if not len(self.properties.pool_sizes):
+                self.build_splits()
+            state["properties"] = self.properties.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "atom_count_distribution" in state:
             self.count_dist = state["atom_count_distribution"].to(torch.float64)
+        if self.properties is not None and "properties" in state:
+            self.properties.load_state_dict(state["properties"])

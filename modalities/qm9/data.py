@@ -338,9 +338,10 @@ class QM9Dataset(torch.utils.data.Dataset):
     differently in every worker.
     """
 
-    def __init__(self, mols: Molecules, random_rotation: bool = False) -> None:
+    def __init__(self, mols: Molecules, random_rotation: bool = False, props: np.ndarray | None = None) -> None:
         self.mols = mols
         self.random_rotation = random_rotation
+        self.props = props  # (n, P) float32 normalised condition values, or None: items then carry no ``y``
 
     def __len__(self) -> int:
         return len(self.mols)
@@ -350,6 +351,8 @@ class QM9Dataset(torch.utils.data.Dataset):
         pos = torch.tensor(self.mols.pos[i], dtype=torch.float32)  # (n, 3)
         if self.random_rotation:
             pos = pos @ random_rotations(1)[0].T  # centre of mass is 0, so it stays 0
+        if self.props is not None:
+            return Data(z=z, pos=pos, y=torch.from_numpy(self.props[i]).view(1, -1))
         return Data(z=z, pos=pos)
 
 

@@ -1,0 +1,122 @@
+"""Crystal conditions for the core's token conditions: a composition (structure prediction) or a chemical
+system (a set of elements).
+
+    unite-sci train --modality mp20 data.condition_on=[composition,chemsys]
+    unite-sci sample --checkpoint C --condition composition=Li2Fe2O4 --num 20
+    unite-sci sample --checkpoint C --condition chemsys=Li-Fe-O --num 100
+
+``composition``: one token per atom, aligned with the atoms (token i is atom i's element and shares
+register i's position), so the denoiser knows every atom's element and generates coordinates and lattice;
+the decoded types are then set to the given ones (``apply``), as DiffCSP and FlowMM take the atom types as
+given. ``chemsys``: the set of elements present, unordered; the model chooses counts and structure.
+Conditions not given at sampling are drawn together from a training crystal.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from unite_sci.conditions import ConditionSpec
+from unite_sci.errors import UserError
+
+NAMES = ("composition", "chemsys")
+
+
+def parse_elements(text: str, what: str) -> list[int]:
+    """'Li2Fe2O4' (composition: every atom) or 'Li-Fe-O' (chemsys: each element once) -> atomic numbers."""
+    from pymatgen.core import Composition, Element
+
+    text = str(text).strip()
+    try:
+        if what == "chemsys":
+            zs = sorted({Element(s.strip()).Z for s in text.replace(",", "-").split("-") if s.strip()})
+            if not zs or zs[-1] > 100:
+                raise ValueError("needs elements with Z <= 100")
+            return zs
+        comp = Composition(text)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{what} {text!r} is not a valid {'formula' if what == 'composition' else 'element list'} "
+                        f"({e})") from None
+    z = []
+    for el, amount in comp.items():
+        if not isinstance(el, Element) or not 1 <= el.Z <= 100:
+            raise UserError(f"composition {text!r}: {el} is not a chemical element")
+        if abs(amount - round(amount)) > 1e-6:
+            raise UserError(f"composition {text!r} needs whole numbers of atoms per cell")
+        z += [el.Z] * int(round(amount))
+    return z
+
+
+def element_set(types: Tensor) -> Tensor:
+    """Per-atom type ids (B, N), -1 or padding >= 100 excluded -> the distinct ids (B, M) padded with -1."""
+    rows = [sorted({int(t) for t in r.tolist() if 0 <= t < 100}) for r in types]
+    m = max(1, max(len(r) for r in rows))
+    return torch.tensor([r + [-1] * (m - len(r)) for r in rows], dtype=torch.long)
+
+
+class CrystalConditions:
+    """What a crystal adapter conditions on, from ``data.condition_on``."""
+
+    def __init__(self, names: list[str], max_atoms: int):
+        bad = [n for n in names if n not in NAMES]
+        if bad:
+            raise UserError(f"unknown crystal condition(s) {bad}; valid: {', '.join(NAMES)}")
+        self.names, self.max_atoms = list(names), max_atoms
+
+    def specs(self) -> list[ConditionSpec]:
+        return [ConditionSpec(n, "tokens", aligned=(n == "composition")) for n in self.names]
+
+    def from_types(self, types: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Batch conditions from per-atom type ids (B, N) (0..99) and the atom mask."""
+        ids = torch.where(mask, types, torch.full_like(types, -1))
+        out = {}
+        if "composition" in self.names:
+            out["composition"] = ids
+        if "chemsys" in self.names:
+            out["chemsys"] = element_set(ids)
+        return out
+
+    def draw(self, num: int, gen: torch.Generator, given: dict[str, Any], train_z: Callable[[], list[np.ndarray]]
+             ) -> tuple[dict[str, Tensor], Tensor]:
+        """Conditions for ``num`` samples: given ones repeated, the rest from random training crystals
+        (``train_z()``: their atomic numbers, loaded only when needed)."""
+        unknown = sorted(set(given) - set(self.names))
+        if unknown:
+            raise UserError(f"unknown condition(s) {unknown}: this checkpoint takes {', '.join(self.names)}")
+        if "composition" in given and "chemsys" in given:
+            raise UserError("give a composition or a chemical system, not both")
+        if "composition" in given:
+            z = parse_elements(given["composition"], "composition")
+            if not 0 < len(z) <= self.max_atoms:
+                raise UserError(f"composition {given['composition']!r} has {len(z)} atoms; this model makes "
+                                f"1 to {self.max_atoms} per cell")
+            atoms = [np.asarray(z) - 1] * num
+        else:
+            pool = train_z()
+            atoms = [np.asarray(pool[i]) - 1 for i in torch.randint(len(pool), (num,), generator=gen).tolist()]
+        sizes = torch.tensor([len(a) for a in atoms], dtype=torch.long)
+        n = int(sizes.max())
+        types = torch.tensor(np.stack([np.pad(a, (0, n - len(a)), constant_values=-1) for a in atoms]))
+        mask = types >= 0
+        out = self.from_types(types, mask)
+        if "chemsys" in given:
+            elems = torch.tensor(parse_elements(given["chemsys"], "chemsys")) - 1
+            out["chemsys"] = elems.expand(num, -1).clone()
+            if "composition" in self.names:  # the atoms' elements are the model's to choose
+                out["composition"] = torch.full_like(out["composition"], -1)
+        return out, sizes
+
+    @staticmethod
+    def apply(out: dict[str, Tensor], conds: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A given composition fixes the decoded types: atom i takes its token's element."""
+        comp = conds.get("composition")
+        if comp is None or not (comp >= 0).any():
+            return out
+        logits = out["type_logits"]
+        n = logits.shape[1]
+        comp = comp[:, :n].to(logits.device)
+        fixed = torch.nn.functional.one_hot(comp.clamp_min(0), logits.shape[-1]).to(logits.dtype) * 1e4
+        return dict(out, type_logits=torch.where((comp >= 0).unsqueeze(-1), fixed, logits))

@@ -1,0 +1,104 @@
+"""QM9 property conditions (EDM's conditional-generation protocol) for the core's scalar conditions.
+
+    unite-sci train --modality qm9 data.condition_on=[gap] data.train_half=b
+    unite-sci sample --checkpoint C --condition gap=6500 --num 100
+
+EDM splits the training molecules in two halves: a property predictor learns on half A, the generator on
+half B (:func:`train_half`). Values are normalised by the generator's training statistics; sampling draws
+(atom count, property) pairs from its training molecules, and a value the user gives replaces the drawn one
+(its atom count stays drawn from the data's marginal).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from unite_sci.conditions import SCALARS, ConditionSpec
+from unite_sci.errors import ConfigError, UserError
+
+from . import data as qdata
+from .properties import PROPERTIES, check_name, load_properties, lookup
+
+HALVES = ("", "a", "b")
+HALF_SEED = 1  # the permutation that cuts EDM's 100,000 training molecules into halves A and B
+
+
+def train_half(mols: qdata.Molecules, half: str) -> qdata.Molecules:
+    """Half A or B of the training molecules (a seeded permutation cut in two, each half in data order);
+    the whole set for ``""``."""
+    if half not in HALVES:
+        raise ConfigError(f"data.train_half must be one of '', 'a', 'b'; got {half!r}")
+    if not half:
+        return mols
+    perm = np.random.RandomState(HALF_SEED).permutation(len(mols))
+    cut = len(mols) // 2
+    return mols.subset(np.sort(perm[:cut] if half == "a" else perm[cut:]))
+
+
+class PropertyConditions:
+    """The configured properties: specs, normalisation, per-molecule values and the sampling pool."""
+
+    def __init__(self, names: list[str], data_dir: str | None = None, cache_dir: str | None = None):
+        self.names = [check_name(n) for n in names]
+        if len(set(self.names)) != len(self.names):
+            raise ConfigError(f"data.condition_on names a property twice: {self.names}")
+        self.data_dir, self.cache_dir = data_dir, cache_dir
+        self.mean = np.zeros(len(self.names))
+        self.std = np.ones(len(self.names))
+        self.pool_sizes = np.zeros(0, dtype=np.int64)  # training (atom count, normalised values) pairs
+        self.pool_values = np.zeros((0, len(self.names)), dtype=np.float32)
+
+    def specs(self) -> list[ConditionSpec]:
+        return [ConditionSpec(n, "scalar") for n in self.names]
+
+    def raw(self, mols: qdata.Molecules) -> np.ndarray:
+        """(n, P) float64 property values in EDM's units."""
+        table = load_properties(self.data_dir, self.cache_dir)
+        return np.stack([lookup(table, n, mols.index) for n in self.names], 1)
+
+    def fit(self, train: qdata.Molecules) -> None:
+        """Normalisation and the sampling pool from the generator's training molecules."""
+        raw = self.raw(train)
+        self.mean, self.std = raw.mean(0), raw.std(0) + 1e-12
+        self.pool_sizes = np.asarray(train.n_atoms, dtype=np.int64)
+        self.pool_values = self.normalise(raw)
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        return ((raw - self.mean) / self.std).astype(np.float32)
+
+    def values(self, mols: qdata.Molecules) -> np.ndarray:
+        return self.normalise(self.raw(mols))
+
+    def draw(self, num: int, gen: torch.Generator, given: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:
+        """(atom count, values) pairs of training molecules; ``given`` values (EDM units) replace columns."""
+        unknown = sorted(set(given) - set(self.names))
+        if unknown:
+            raise UserError(f"unknown condition(s) {unknown}: this checkpoint takes {', '.join(self.names)}")
+        if not len(self.pool_sizes):
+            raise UserError("this model has no property statistics (train it with data.condition_on)")
+        idx = torch.randint(len(self.pool_sizes), (num,), generator=gen).numpy()
+        values = self.pool_values[idx].copy()
+        for name, v in given.items():
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                raise UserError(f"{name} must be a number ({PROPERTIES[name][2]}), got {v!r}") from None
+            j = self.names.index(name)
+            values[:, j] = (x - self.mean[j]) / self.std[j]
+        return {SCALARS: torch.from_numpy(values)}, torch.from_numpy(self.pool_sizes[idx])
+
+    def to_units(self, normalised: np.ndarray) -> np.ndarray:
+        return normalised * self.std + self.mean
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"names": list(self.names), "mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std),
+                "pool_sizes": torch.from_numpy(self.pool_sizes), "pool_values": torch.from_numpy(self.pool_values)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state["names"]) != self.names:
+            raise ConfigError(f"checkpoint conditions {state['names']} differ from data.condition_on {self.names}")
+        self.mean, self.std = state["mean"].numpy(), state["std"].numpy()
+        self.pool_sizes, self.pool_values = state["pool_sizes"].numpy(), state["pool_values"].numpy()

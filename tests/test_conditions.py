@@ -1,0 +1,205 @@
+"""Structured conditions (unite_sci/conditions.py): embedding formulas, dropout for guidance, guided rows,
+and the adapters' property, composition and chemical-system conditions."""
+import numpy as np
+import pytest
+import torch
+
+from unite_sci.adapter import Batch
+from unite_sci.conditions import (SCALARS, Cond, ConditionEncoder, ConditionSpec, ScalarEmbedder, drop_conds,
+                                  null_conds)
+from unite_sci.config import build_config
+from unite_sci.engine import generate
+from unite_sci.errors import UserError
+from unite_sci.model import RegisterLayout
+from unite_sci.sampling import guided_prediction
+from unite_sci.testing import TINY
+from unite_sci.unite import Unite
+from unite_sci_modalities.toy import ToyAdapter, ToyConfig
+
+
+# ----------------------------------------------------------------------------- a toy adapter with conditions
+class SizedToy(ToyAdapter):
+    """The toy point clouds conditioned on their point count (a scalar) and on their class as a token set."""
+
+    def condition_specs(self):
+        return [ConditionSpec("size", "scalar"), ConditionSpec("shape", "tokens", aligned=False)]
+
+    def build_condition_embedders(self, width):
+        return {"shape": torch.nn.Embedding(2, width)}
+
+    def collate(self, items):
+        b = super().collate(items)
+        size = b.mask.sum(1, keepdim=True).float()
+        return Batch(b.data, b.mask, b.cond, {SCALARS: (size - 8) / 4, "shape": b.cond.view(-1, 1)})
+
+    def draw_conditions(self, num, generator, given):
+        sizes = torch.full((num,), int(given.get("size", 6)))
+        shape = torch.full((num, 1), int(given.get("shape", 0)))
+        return {SCALARS: (sizes.view(-1, 1).float() - 8) / 4, "shape": shape}, sizes
+
+
+def _toy(extra=()):
+    cfg = build_config("toy", ToyConfig, [], TINY + ["data.num_train=64", "data.num_test=16", *extra])
+    adapter = SizedToy(cfg.data)
+    torch.manual_seed(0)
+    return adapter, cfg, Unite(adapter, cfg)
+
+
+def test_scalar_embedding_follows_its_formula_and_nan_takes_the_null_vector():
+    emb = ScalarEmbedder(2, 8)
+    v = torch.tensor([[0.5, float("nan")]])
+    e = torch.stack([0.5 * emb.weight[0] + emb.bias[0], emb.null[1]])  # (P, d)
+    assert torch.allclose(emb(v), emb.mlp(e.sum(0, keepdim=True)))
+
+
+def test_dropout_drops_each_scalar_independently_and_token_sets_whole():
+    g = torch.Generator().manual_seed(0)
+    conds = {SCALARS: torch.zeros(4000, 2), "tok": torch.ones(4000, 3, dtype=torch.long)}
+    out = drop_conds(conds, 0.3, lambda shape: torch.rand(shape, generator=g))
+    dropped = torch.isnan(out[SCALARS])
+    assert abs(dropped.float().mean().item() - 0.3) < 0.03
+    both = (dropped[:, 0] & dropped[:, 1]).float().mean().item()
+    assert abs(both - 0.09) < 0.02  # independent columns: 0.3 * 0.3, not 0.3
+    tok_dropped = (out["tok"] < 0)
+    assert (tok_dropped.all(1) | (~tok_dropped).all(1)).all() and abs(tok_dropped[:, 0].float().mean() - 0.3) < 0.03
+    assert drop_conds(conds, 0.0, None) is conds
+
+
+def test_guided_rows_double_with_every_condition_null():
+    c = Cond(torch.tensor([1, 0]), {SCALARS: torch.tensor([[0.3], [0.4]]), "tok": torch.tensor([[2, -1], [1, 3]])})
+    seen = {}
+
+    def predict(x, t, cond):
+        seen["cond"] = cond
+        return x * (1 + cond.label.view(-1, 1).float())
+
+    x = torch.ones(2, 1)
+    out = guided_prediction(predict, x, torch.tensor([0.5, 0.5]), cond=c, null=2, scale=3.0, interval=(0.0, 1.0))
+    both = seen["cond"]
+    assert both.label.tolist() == [1, 0, 2, 2]
+    assert torch.isnan(both.extra[SCALARS][2:]).all() and (both.extra["tok"][2:] == -1).all()
+    assert torch.equal(both.extra[SCALARS][:2], c.extra[SCALARS])
+    xc, xu = x * torch.tensor([[2.0], [1.0]]), x * 3.0
+    assert torch.allclose(out, xu + 3.0 * (xc - xu))
+
+
+def test_conditions_change_the_denoiser_and_absent_ones_count_as_null():
+    adapter, cfg, model = _toy()
+    model.eval()
+    b = adapter.collate([adapter.build_splits()["train"][i] for i in range(4)])
+    regs = model.registers(b.mask, 4, torch.device("cpu"))
+    x, t = torch.randn(4, regs.mask.shape[1], cfg.model.latent_dim), torch.full((4,), 0.5)
+    with torch.no_grad():
+        for p in model.encoder.conditions.parameters():  # make the condition paths matter at init
+            p.add_(torch.randn_like(p) * 0.5)
+        for blk in model.encoder.blocks:
+            torch.nn.init.normal_(blk.ada[-1].weight, std=0.1)
+        base = model.denoiser.denoise(x, t, b.cond, regs, conds=b.conds)
+        other = dict(b.conds, **{SCALARS: b.conds[SCALARS] + 1.0})
+        assert not torch.allclose(base, model.denoiser.denoise(x, t, b.cond, regs, conds=other))
+        none = model.denoiser.denoise(x, t, b.cond, regs, conds=None)
+        assert torch.allclose(none, model.denoiser.denoise(x, t, b.cond, regs, conds=null_conds(b.conds)), atol=1e-6)
+
+
+def test_a_training_step_drops_conditions_and_sampling_takes_given_ones():
+    adapter, cfg, model = _toy(["flow.label_dropout=0.5"])
+    seen = []
+    orig = model.denoiser.denoise
+
+    def spy(*a, **k):
+        seen.append(k.get("conds"))
+        return orig(*a, **k)
+
+    model.denoiser.denoise = spy
+    b = adapter.collate([adapter.build_splits()["train"][i] for i in range(32)])
+    loss, _ = model.train()(b)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isnan(seen[-1][SCALARS]).any() and not torch.isnan(seen[-1][SCALARS]).all()
+    samples, _ = generate(model.eval(), adapter, cfg.sample, 3, progress=False, given={"size": 5})
+    assert [len(s) for s in samples] == [5, 5, 5]
+
+
+# ----------------------------------------------------------------------------- QM9 properties
+def test_qm9_property_conditions_normalise_draw_and_refuse_bad_values():
+    from unite_sci.engine import load_config, make_adapter
+    from unite_sci_modalities.qm9.conditioning import train_half
+
+    a = make_adapter(load_config("qm9", overrides=["data.condition_on=[gap]", "data.num_train=400",
+                                                   "data.num_val=20", "data.num_test=20"]))
+    train = a.build_splits()["train"]
+    b = a.collate([train[i] for i in range(len(train))])
+    col = b.conds[SCALARS][:, 0]
+    assert abs(col.mean().item()) < 1e-4 and abs(col.std(unbiased=False).item() - 1) < 1e-3
+    conds, sizes = a.draw_conditions(5, torch.Generator().manual_seed(0), {"gap": 7000.0})
+    want = (7000.0 - a.properties.mean[0]) / a.properties.std[0]
+    assert np.allclose(conds[SCALARS][:, 0].numpy(), want, atol=1e-4)
+    assert set(sizes.tolist()) <= set(train.mols.n_atoms.tolist())
+    for bad, msg in [({"homo": 1}, "unknown condition"), ({"gap": "x"}, "must be a number")]:
+        with pytest.raises(UserError, match=msg):
+            a.draw_conditions(2, torch.Generator(), bad)
+    full = a.molecules("train")
+    ha, hb = train_half(full, "a"), train_half(full, "b")
+    assert not set(ha.index) & set(hb.index) and len(ha) + len(hb) == len(full)
+
+
+def test_property_predictor_features_are_invariant_and_it_learns():
+    from unite_sci_modalities.qm9 import data as qd
+    from unite_sci_modalities.qm9.predictor import Predictor, feature_matrix, features
+    from unite_sci_modalities.atoms import random_rotations
+
+    mols = qd.load_split("train").subset(np.arange(600))
+    z, p = mols.z[5], mols.pos[5]
+    perm = np.random.RandomState(0).permutation(len(z))
+    rot = random_rotations(1)[0].numpy().astype(np.float64)
+    assert np.allclose(features(z, p), features(z[perm], p[perm] @ rot.T + 1.5), atol=1e-4)
+    x = feature_matrix(mols.z, mols.pos)
+    y = np.array([len(zz) for zz in mols.z], dtype=np.float64) * 2.0  # a property the features determine
+    pred, info = Predictor.train(x[:500], y[:500], epochs=40)
+    assert np.abs(pred.predict_features(x[500:]) - y[500:]).mean() < 0.3 * np.abs(y[500:] - y.mean()).mean()
+
+
+# ----------------------------------------------------------------------------- crystals
+@pytest.fixture(scope="module")
+def crystal_model():
+    from unite_sci.engine import load_config, make_adapter
+
+    cfg = load_config("mp20", overrides=TINY + ["data.condition_on=[composition,chemsys]", "data.num_train=64",
+                                                 "data.num_val=8", "data.num_test=8", "sample.steps=2"])
+    adapter = make_adapter(cfg)
+    torch.manual_seed(0)
+    return adapter, cfg, Unite(adapter, cfg).eval()
+
+
+def test_a_composition_condition_fixes_the_composition(crystal_model):
+    adapter, cfg, model = crystal_model
+    samples, _ = generate(model, adapter, cfg.sample, 4, progress=False, given={"composition": "Li2Fe2O4"})
+    assert all(sorted(s.z.tolist()) == [3, 3, 8, 8, 8, 8, 26, 26] for s in samples)
+    train = adapter.build_splits()["train"]
+    b = adapter.collate([train[i] for i in range(4)])
+    assert torch.equal(b.conds["composition"][b.mask], b.data["types"][b.mask])
+    assert ((b.conds["chemsys"] >= 0).sum(1) == torch.tensor([len(set(train[i].z.tolist())) for i in range(4)])).all()
+    loss, _ = Unite(adapter, cfg).train()(b)
+    assert torch.isfinite(loss)
+
+
+def test_crystal_conditions_refuse_bad_input(crystal_model):
+    adapter = crystal_model[0]
+    g = torch.Generator()
+    for given, msg in [({"composition": "Xx2"}, "not a chemical element"), ({"chemsys": "Li-Qq"}, "not a valid"),
+                       ({"composition": "Li0.5O"}, "whole numbers"), ({"composition": "Li30O30"}, "atoms"),
+                       ({"composition": "LiO", "chemsys": "Li-O"}, "not both"), ({"spacegroup": 1}, "unknown")]:
+        with pytest.raises(UserError, match=msg):
+            adapter.draw_conditions(2, g, given)
+    conds, sizes = adapter.draw_conditions(3, g, {"chemsys": "Li-Fe-O"})
+    assert (conds["composition"] == -1).all() and conds["chemsys"].tolist() == [[2, 7, 25]] * 3
+
+
+def test_a_layout_without_elements_puts_condition_tokens_at_one_position():
+    from unite_sci.model import GenerativeEncoder
+
+    enc = ConditionEncoder([ConditionSpec("tok", "tokens")], 16, {"tok": torch.nn.Embedding(4, 16)})
+    ge = GenerativeEncoder(RegisterLayout(False, 4), 3, width=16, depth=1, heads=2, conditions=enc)
+    regs = ge.layout.registers(None, 2, torch.device("cpu"))
+    out = ge.denoise(torch.randn(2, 4, 3), torch.rand(2), torch.zeros(2, dtype=torch.long), regs,
+                     conds={"tok": torch.tensor([[1, 2], [3, -1]])})
+    assert out.shape == (2, 4, 3) and torch.isfinite(out).all()
