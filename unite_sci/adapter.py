@@ -206,6 +206,11 @@ class AdapterBase:
             raise UserError(f"unknown condition(s) {sorted(given)}: this model takes none")
         return {}, None
 
+    def register_mask(self, conds: dict[str, Tensor]) -> Tensor | None:
+        """Which extra registers (``layout.extra``) each sample has, (B, extra) bool, from its conditions;
+        None: all of them (a composite of data sets switches a cell register off for molecules)."""
+        return None
+
     def apply_conditions(self, out: dict[str, Tensor], conds: dict[str, Tensor],
                          mask: Tensor | None) -> dict[str, Tensor]:
         """Decoder outputs made to honour conditions that fix parts of the sample (a given composition

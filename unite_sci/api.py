@@ -98,7 +98,7 @@ class Model:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             for batch in self._batches(list(items)):
-                regs = self.model.registers(batch.mask, len(batch), self.device)
+                regs = self.model.registers(batch.mask, len(batch), self.device, batch.conds)
                 z = self.model.encode(batch, regs).float()  # (B, K, C)
                 for zi, mi in zip(z, regs.mask):
                     per.append(zi[mi].cpu().numpy())

@@ -149,13 +149,13 @@ def generate(model: Unite, adapter: Adapter, scfg: SampleConfig, num: int | None
         k = mask.shape[1] + adapter.layout.extra if mask is not None else adapter.layout.count
         noise = torch.randn(hi - lo, k, model.cfg.model.latent_dim, generator=gen).to(device)
         mask = mask.to(device) if mask is not None else None
-        regs = model.registers(mask, hi - lo, device)
+        rows = Cond(cond[lo:hi], {k: v[lo:hi] for k, v in conds.items()}).to(device)
+        regs = model.registers(mask, hi - lo, device, rows.extra)
 
         def denoise(x, t, c, sc=None, r=regs):  # guidance doubles the batch: repeat the registers with it
             return model.denoiser.denoise(x, t, c.label, r.repeat(x.shape[0] // r.mask.shape[0]), self_cond=sc,
                                           conds=c.extra)
 
-        rows = Cond(cond[lo:hi], {k: v[lo:hi] for k, v in conds.items()}).to(device)
         z, nfe = sample_latents(denoise, noise, cond=rows, null=model.encoder.null_class,
                                 solver=scfg.solver, steps=scfg.steps, shift=shift, clamp=model.cfg.flow.clamp,
                                 cfg=scfg.cfg, cfg_interval=tuple(scfg.cfg_interval), atol=scfg.atol,
@@ -193,7 +193,8 @@ def reconstruct_items(model: Unite, adapter: Adapter, items: list[Any], batch_si
         batch = adapter.collate(items[lo:lo + batch_size])
         inputs.extend(adapter.batch_to_domain(batch))
         batch = batch.to(device)
-        recons.extend(adapter.to_domain(model.decode(model.encode(batch), batch.mask), batch.mask))
+        regs = model.registers(batch.mask, len(batch), device, batch.conds)
+        recons.extend(adapter.to_domain(model.decode(model.encode(batch, regs), batch.mask, regs), batch.mask))
     return inputs, recons
 
 

@@ -83,8 +83,11 @@ class RegisterLayout:
     def table_size(self) -> int:
         return self.count + self.extra
 
-    def registers(self, elem_mask: Tensor | None, batch: int, device: torch.device) -> Registers:
-        """Register mask (B, K) bool and positions (B, K) long for a batch."""
+    def registers(self, elem_mask: Tensor | None, batch: int, device: torch.device,
+                  extra_mask: Tensor | None = None) -> Registers:
+        """Register mask (B, K) bool and positions (B, K) long for a batch. ``extra_mask`` (B, extra) bool
+        switches extra registers off per sample (a composite of data sets: a cell register for crystals
+        only); None: every sample has them all."""
         if not self.per_element:
             pos = torch.arange(self.count, device=device).expand(batch, -1)
             return Registers(torch.ones(batch, self.count, dtype=torch.bool, device=device), pos)
@@ -92,7 +95,8 @@ class RegisterLayout:
             raise ValueError("a per-element register layout needs the element mask")
         n = elem_mask.shape[1]
         pos = torch.cat([torch.arange(n, device=device), self.count + torch.arange(self.extra, device=device)])
-        extra = torch.ones(batch, self.extra, dtype=torch.bool, device=device)
+        extra = (torch.ones(batch, self.extra, dtype=torch.bool, device=device) if extra_mask is None
+                 else extra_mask.to(device=device, dtype=torch.bool))
         return Registers(torch.cat([elem_mask, extra], dim=1), pos.expand(batch, -1))
 
     def token_positions(self, num_tokens: int, batch: int, device: torch.device) -> Tensor:

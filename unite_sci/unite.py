@@ -103,23 +103,32 @@ class Unite(nn.Module):
         return full[:, regs.pos[0]]
 
     # ------------------------------------------------------------------ the pieces
-    def registers(self, mask: Tensor | None, b: int, device: torch.device) -> Registers:
-        """The register set of a batch of b samples with element mask (B, N) (None for fixed layouts)."""
-        return self.encoder.layout.registers(mask, b, device)
+    def registers(self, mask: Tensor | None, b: int, device: torch.device,
+                  conds: dict[str, Tensor] | None = None) -> Registers:
+        """The register set of a batch of b samples with element mask (B, N) (None for fixed layouts);
+        ``conds``: the batch's structured conditions, from which an adapter may switch extra registers off
+        per sample (``register_mask``)."""
+        hook = getattr(self.adapter, "register_mask", None)
+        extra = hook(conds or {}) if hook is not None else None
+        return self.encoder.layout.registers(mask, b, device, extra)
 
     def encode(self, batch: Batch, regs: Registers | None = None) -> Tensor:
         """Batch -> clean latents z0 (B, K, C). ``regs``: the batch's registers, if already built."""
         tokens = self.embedder(batch.data, batch.mask)  # (B, N, d)
         b, dev = tokens.shape[0], tokens.device
-        regs = self.registers(batch.mask, b, dev) if regs is None else regs
+        regs = self.registers(batch.mask, b, dev, batch.conds) if regs is None else regs
         tok_mask = batch.mask if batch.mask is not None else torch.ones(tokens.shape[:2], dtype=torch.bool, device=dev)
         noise = self._rand_latents(b, regs, dev)
         return self.encoder.tokenize(tokens, tok_mask, regs, noise=noise, t=self._rand("rand", (b,), dev))
 
     def decode(self, z: Tensor, mask: Tensor | None, regs: Registers | None = None) -> dict[str, Tensor]:
-        """Latents (B, K, C) -> the adapter heads' outputs. ``regs``: the batch's registers, if already built."""
+        """Latents (B, K, C) -> the adapter heads' outputs. ``regs``: the batch's registers, if already built.
+
+        With extra registers in the layout the outputs also carry ``register_mask`` (B, K): which registers
+        each sample had (a composite adapter reads a sample's kind from it)."""
         regs = self.registers(mask, z.shape[0], z.device) if regs is None else regs
-        return self.heads(self.decoder(z, regs), mask)
+        out = self.heads(self.decoder(z, regs), mask)
+        return dict(out, register_mask=regs.mask) if self.encoder.layout.extra else out
 
     def decoder_noise(self, z: Tensor, regs: Registers) -> Tensor:
         """Training-only latent noise before the decoder (SPEC section 3), per sample with prob p."""
@@ -189,7 +198,7 @@ class Unite(nn.Module):
         """Total loss (scalar) and its parts for logging."""
         logs: dict[str, Tensor] = {}
         total = torch.zeros((), device=batch.cond.device)
-        regs = self.registers(batch.mask, batch.cond.shape[0], batch.cond.device)  # once for the whole step
+        regs = self.registers(batch.mask, batch.cond.shape[0], batch.cond.device, batch.conds)  # once per step
         if self.phase in (Phase.JOINT, Phase.TOKENIZER):
             z0 = self.encode(batch, regs)  # (B, K, C)
             out = self.decode(self.decoder_noise(z0, regs), batch.mask, regs)
