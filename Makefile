@@ -32,7 +32,7 @@ $(STAMP): setup.cfg constraints.txt Makefile
 
 # pytest exits 5 when it collects nothing: that is not a failure of the suite
 test: install
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+	$(PY) -m pytest -q --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 test-all: install
 	$(PY) -m pytest -q -m ""

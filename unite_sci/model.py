@@ -241,6 +241,8 @@ class GenerativeEncoder(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):  # condition tokens (an adapter's table) start as small as labels:
+                nn.init.normal_(m.weight, std=0.02)  # N(0, 1) rows made c and the sequence ~10x too large
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
         nn.init.normal_(self.y_embed.table.weight, std=0.02)
