@@ -1,5 +1,7 @@
 """Structured conditions (unite_sci/conditions.py): embedding formulas, dropout for guidance, guided rows,
 and the adapters' property, composition and chemical-system conditions."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -159,12 +161,16 @@ def test_property_predictor_features_are_invariant_and_it_learns():
 
 
 # ----------------------------------------------------------------------------- crystals
+FIXTURE = Path(__file__).parent / "data" / "crystals" / "offline"  # a few real MP-20 rows, offline layout
+MP20_FIXTURE = [f"data.offline_root={FIXTURE}", "data.holdout_fraction=0.25", "data.cache_dir=",
+                "data.load_workers=1", "data.eval_workers=1"]
+
 @pytest.fixture(scope="module")
 def crystal_model():
     from unite_sci.engine import load_config, make_adapter
 
-    cfg = load_config("mp20", overrides=TINY + ["data.condition_on=[composition,chemsys]", "data.num_train=64",
-                                                 "data.num_val=8", "data.num_test=8", "sample.steps=2"])
+    cfg = load_config("mp20", overrides=TINY + MP20_FIXTURE + ["data.condition_on=[composition,chemsys]",
+                                                                "sample.steps=2"])
     adapter = make_adapter(cfg)
     torch.manual_seed(0)
     return adapter, cfg, Unite(adapter, cfg).eval()

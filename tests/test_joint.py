@@ -1,5 +1,7 @@
 """The joint QM9 + MP-20 model (modalities/joint.py) and the generic parts it needs: per-sample extra
 registers, routing by data set, guidance on the data-set label, checkpoint round trip."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +17,10 @@ from unite_sci.unite import Unite
 from unite_sci_modalities.crystals.data import CrystalItem
 from unite_sci_modalities.toy import ToyAdapter, ToyConfig
 
-SMALL = ["data.qm9.num_train=64", "data.qm9.num_val=8", "data.qm9.num_test=8", "data.mp20.num_train=64",
-         "data.mp20.num_val=8", "data.mp20.num_test=8", "sample.steps=2", "train.sample_every=0"]
+FIXTURE = Path(__file__).parent / "data" / "crystals" / "offline"  # a few real MP-20 rows, offline layout
+SMALL = ["data.qm9.num_train=64", "data.qm9.num_val=8", "data.qm9.num_test=8", f"data.mp20.offline_root={FIXTURE}",
+         "data.mp20.holdout_fraction=0.25", "data.mp20.cache_dir=", "data.mp20.load_workers=1",
+         "data.mp20.eval_workers=1", "sample.steps=2", "train.sample_every=0"]
 
 
 def test_extra_registers_can_be_switched_off_per_sample():
