@@ -1,8 +1,6 @@
 """The Generative Encoder as a tool (issue #14 item 4): ``unite_sci.load`` with encode / decode /
 reconstruct / sample, the ``encode`` / ``reconstruct`` / ``probe`` commands, and the ridge probe."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ import torch
 
 import unite_sci
 from unite_sci.api import Latents
+from unite_sci.cli import main
 from unite_sci.errors import UserError
 from unite_sci.probe import fit_and_score, ridge
 
@@ -79,38 +78,40 @@ def test_ridge_recovers_a_linear_map_and_the_probe_prefers_informative_features(
     assert good["r2"] > 0.99 and good["mae"] < 0.05 and bad["r2"] < 0.2
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "unite_sci.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd)
+def test_qm9_encode_reconstruct_and_probe_commands(tmp_path, capsys):
+    """The commands in this process (`cli.main`, as the console script calls it): a subprocess per command
+    cost 90 s of interpreter and library start-up."""
 
+    def cli(*args):
+        rc = main([str(a) for a in args])
+        return rc, capsys.readouterr().err
 
-def test_qm9_encode_reconstruct_and_probe_commands(tmp_path):
     small = ["data.num_train=64", "data.num_val=16", "data.num_test=16", "data.eval_workers=1"]
-    r = _cli("train", "--modality", "qm9", "--max-steps", 3, "--out", tmp_path / "run", "train.batch_size=8",
-             "train.progress=false", "model.preset=tiny", *small)
-    assert r.returncode == 0, r.stderr[-2000:]
+    rc, err = cli("train", "--modality", "qm9", "--max-steps", 3, "--out", tmp_path / "run", "train.batch_size=8",
+                  "train.progress=false", "model.preset=tiny", *small)
+    assert rc == 0, err[-2000:]
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
-    r = _cli("sample", "--checkpoint", ckpt, "--num", 4, "--out", tmp_path / "s", "--steps", 2)
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = _cli("encode", "--checkpoint", ckpt, "--inputs", tmp_path / "s", "--out", tmp_path / "lat.npz")
-    assert r.returncode == 0, r.stderr[-2000:]
+    rc, err = cli("sample", "--checkpoint", ckpt, "--num", 4, "--out", tmp_path / "s", "--steps", 2)
+    assert rc == 0, err[-2000:]
+    rc, err = cli("encode", "--checkpoint", ckpt, "--inputs", tmp_path / "s", "--out", tmp_path / "lat.npz")
+    assert rc == 0, err[-2000:]
     with np.load(tmp_path / "lat.npz") as f:
         assert f["pooled"].shape[0] == 4 and f["sizes"].sum() == f["latents"].shape[0]
-    r = _cli("reconstruct", "--checkpoint", ckpt, "--inputs", tmp_path / "s", "--out", tmp_path / "rec")
-    assert r.returncode == 0, r.stderr[-2000:]
+    rc, err = cli("reconstruct", "--checkpoint", ckpt, "--inputs", tmp_path / "s", "--out", tmp_path / "rec")
+    assert rc == 0, err[-2000:]
     report = json.loads((tmp_path / "rec" / "report.json").read_text())
     assert report["num_inputs"] == 4 and "match" in json.dumps(report) and report["checkpoint"] == str(ckpt)
     assert any(p.name.startswith("samples") for p in (tmp_path / "rec").iterdir())
-    r = _cli("probe", "--checkpoint", ckpt, "--property", "gap", "--num-train", 40, "--num-val", 10,
+    rc, err = cli("probe", "--checkpoint", ckpt, "--property", "gap", "--num-train", 40, "--num-val", 10,
              "--num-test", 10, "--out", tmp_path / "probe.json")
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert rc == 0, err[-2000:]
     probe = json.loads((tmp_path / "probe.json").read_text())
     assert probe["unit"] == "meV" and probe["items"] == {"train": 40, "val": 10, "test": 10}
     assert probe["trained"]["mae"] > 0 and probe["random_init"]["mae"] > 0 and probe["mean_predictor_mae"] > 0
-    r = _cli("probe", "--checkpoint", ckpt, "--property", "colour")
-    assert r.returncode == 2 and "unknown QM9 property 'colour'" in r.stderr and len(r.stderr.splitlines()) == 1
-    r = _cli("encode", "--checkpoint", ckpt, "--inputs", tmp_path / "nowhere", "--out", tmp_path / "x.npz")
-    assert r.returncode == 2 and "do not exist" in r.stderr and len(r.stderr.splitlines()) == 1
+    rc, err = cli("probe", "--checkpoint", ckpt, "--property", "colour")
+    assert rc == 2 and "unknown QM9 property 'colour'" in err and len(err.splitlines()) == 1
+    rc, err = cli("encode", "--checkpoint", ckpt, "--inputs", tmp_path / "nowhere", "--out", tmp_path / "x.npz")
+    assert rc == 2 and "do not exist" in err and len(err.splitlines()) == 1
 
 
 def test_qm9_items_from_files_are_centred_like_the_data_set():
@@ -124,13 +125,16 @@ def test_qm9_items_from_files_are_centred_like_the_data_set():
         molecule_item(np.array([6, 1]), np.zeros((3, 3)))
 
 
-def test_sample_command_takes_a_class_condition(toy_ckpt, tmp_path):
-    r = _cli("sample", "--checkpoint", toy_ckpt, "--num", 4, "--steps", 2, "--out", tmp_path / "s",
-             "--condition", "class=1")
-    assert r.returncode == 0, r.stderr[-2000:]
+def test_sample_command_takes_a_class_condition(toy_ckpt, tmp_path, capsys):
+    """In this process (`cli.main`); the console script's own start-up is covered by tests/test_cli.py."""
+    rc = main(["sample", "--checkpoint", str(toy_ckpt), "--num", "4", "--steps", "2", "--out", str(tmp_path / "s"),
+               "--condition", "class=1"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
     meta = json.loads((tmp_path / "s" / "samples_meta.json").read_text())
     assert meta["condition"] == {"class": "1"} and meta["num_samples"] == 4
     for bad, msg in [("class=9", "class 9 is not a class"), ("gap=3", "unknown condition"),
                      ("class=x", "class must be an integer"), ("class", "KEY=VALUE")]:
-        r = _cli("sample", "--checkpoint", toy_ckpt, "--num", 2, "--out", tmp_path / "b", "--condition", bad)
-        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
+        capsys.readouterr()
+        rc = main(["sample", "--checkpoint", str(toy_ckpt), "--num", "2", "--out", str(tmp_path / "b"), "--condition", bad])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, (bad, err)
