@@ -30,6 +30,7 @@ from unite_sci.protocol import markdown_table, write_report
 from unite_sci.schema import non_negative
 
 from unite_sci_benchmarks.published import MP20_CSP
+from unite_sci_modalities.crystals.conditioning import pad_types
 
 CONDITIONS = ["data.condition_on=[composition,chemsys]"]
 
@@ -40,19 +41,12 @@ class CSPOptions:
     scales: list[float] = field(default_factory=lambda: [1.0])  # guidance scales
 
 
-def _pad(types: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Atomic numbers per crystal -> type ids (B, N) padded with -1 and the atom counts (B,)."""
-    n = max(len(t) for t in types)
-    ids = torch.tensor(np.stack([np.pad(np.asarray(t) - 1, (0, n - len(t)), constant_values=-1) for t in types]))
-    return ids, torch.tensor([len(t) for t in types])
-
-
 def csp(loaded, test: list, scale: float, out: Path) -> dict[str, Any]:
     """One structure per test composition, matched against the test crystal."""
     from unite_sci_modalities.crystals.metrics import reconstruction_metrics
 
     adapter, cfg = loaded.adapter, loaded.cfg
-    ids, sizes = _pad([c.z for c in test])
+    ids, sizes = pad_types([np.asarray(c.z) - 1 for c in test])
     conds = adapter.conditions.from_types(ids, ids >= 0)
     cfg.sample.cfg = scale
     samples, info = generate(loaded.model, adapter, cfg.sample, len(test), conds=conds, sizes=sizes)
@@ -70,7 +64,7 @@ def chemsys(loaded, test: list, scale: float, out: Path) -> dict[str, Any]:
     from unite_sci_modalities.crystals.metrics import validity
 
     adapter, cfg = loaded.adapter, loaded.cfg
-    ids, sizes = _pad([c.z for c in test])
+    ids, sizes = pad_types([np.asarray(c.z) - 1 for c in test])
     conds = adapter.conditions.from_types(ids, ids >= 0)
     conds["composition"] = torch.full_like(conds["composition"], -1)  # elements only
     cfg.sample.cfg = scale

@@ -50,6 +50,13 @@ def parse_elements(text: str, what: str) -> list[int]:
     return z
 
 
+def pad_types(atoms: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+    """Type ids (0..99) per crystal -> (B, N) long padded with -1, and the atom counts (B,)."""
+    sizes = torch.tensor([len(a) for a in atoms], dtype=torch.long)
+    n = int(sizes.max())
+    return torch.tensor(np.stack([np.pad(np.asarray(a), (0, n - len(a)), constant_values=-1) for a in atoms])), sizes
+
+
 def element_set(types: Tensor) -> Tensor:
     """Per-atom type ids (B, N), -1 or padding >= 100 excluded -> the distinct ids (B, M) padded with -1."""
     rows = [sorted({int(t) for t in r.tolist() if 0 <= t < 100}) for r in types]
@@ -97,9 +104,7 @@ class CrystalConditions:
         else:
             pool = train_z()
             atoms = [np.asarray(pool[i]) - 1 for i in torch.randint(len(pool), (num,), generator=gen).tolist()]
-        sizes = torch.tensor([len(a) for a in atoms], dtype=torch.long)
-        n = int(sizes.max())
-        types = torch.tensor(np.stack([np.pad(a, (0, n - len(a)), constant_values=-1) for a in atoms]))
+        types, sizes = pad_types(atoms)
         mask = types >= 0
         out = self.from_types(types, mask)
         if "chemsys" in given:
