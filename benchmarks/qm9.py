@@ -67,6 +67,12 @@ def result_row(name: str, res: dict[str, Any]) -> dict[str, Any]:
             **res["generation"]}
 
 
+def _at(res: dict[str, Any]) -> str:
+    """", temperature T" when a run sampled below temperature 1."""
+    t = res.get("sampling", {}).get("temperature", 1.0)
+    return "" if t == 1.0 else f", temperature {t:g}"
+
+
 def sanity_row(num: int, overrides: list[str]) -> dict[str, Any]:
     """The metrics of real QM9 test molecules themselves (EDM's "Data" row)."""
     cfg = load_config("qm9", overrides=[o for o in overrides if o.startswith("data.")])
@@ -105,9 +111,13 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
         results["two_stage"] = run_protocol(
             "qm9", out_p / "two_stage", budget, num, None,
             config + ["train.mode=two_stage", "model.shared_weights=false"], recon)
-    rows = [result_row("UNITE single-stage (this run)", results["unite"])]
-    if "two_stage" in results:
-        rows.append(result_row("Two-stage baseline (this run, same budget)", results["two_stage"]))
+    rows = []
+    for key, name in (("unite", "UNITE single-stage (this run)"), ("two_stage", "Two-stage baseline (this run, same budget)")):
+        if key in results:
+            rows.append(result_row(f"{name}{_at(results[key])}", results[key]))
+            if "generation_temperature_1" in results[key]:  # the model's own distribution, beside
+                rows.append({"method": f"{name}, temperature 1",
+                             **results[key]["generation_temperature_1"]})
     rows.append(sanity_row(opts.sanity, config))
     rows += [{"method": k, **v} for k, v in REFERENCES.items()]
     u = results["unite"]
@@ -126,6 +136,7 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
                 f"- Samples: {u['sampling']['num_samples']} per method"
                 f"{' (fewer than the protocol 10,000)' if u['sampling']['num_samples'] < 10000 else ''}; "
                 f"solver {u['sampling']['solver']} {u['sampling']['steps']} steps, seed {u['sampling']['seed']}, "
+                f"temperature {u['sampling'].get('temperature', 1.0):g}, "
                 f"{u['sampling']['samples_per_s']} molecules/s\n"
                 f"- Reconstruction on {u['reconstruction_num']} test molecules\n"
                 f"- Checkpoint sha256 {u.get('checkpoint_sha256')}; model {u.get('model')}\n"

@@ -42,6 +42,7 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
     "shift2": (["flow.shift=2.0"], "time shifted toward the data end (a = 2)"),
     "selfcond": (["flow.self_condition=0.5"], "self-conditioning on the previous x-prediction, p = 0.5 (ADiT)"),
     "latent8": (["model.latent_dim=8"], "latent width 8 per atom instead of 16"),
+    "velocity": (["flow.prediction=velocity"], "velocity output, x1_hat = x_t + (1 - t) F, instead of x-prediction"),
     "dist": (["data.distance_weight=10.0"], "pairwise-distance term (pairs < 2 A) in the reconstruction loss"),
     "frame": (["data.canonical_frame=true", "data.random_rotation=false"],
               "principal-axes frame for every molecule instead of random rotations"),
@@ -54,6 +55,10 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
     "base+heun50": (["from:base", "sample.steps=50"], "base checkpoints, Heun 50 steps instead of 25"),
     "base+shift1": (["from:base", "sample.shift=1.0"], "base checkpoints, sampler grid without time shift"),
     "base+raw": (["from:base", "sample.use_ema=false"], "base checkpoints, raw weights instead of EMA"),
+    "base+t1": (["from:base", "sample.temperature=1.0"], "base checkpoints, starting noise at temperature 1"),
+    "base+t0.7": (["from:base", "sample.temperature=0.7"], "base checkpoints, starting noise at temperature 0.7"),
+    "base+final_euler": (["from:base", "sample.final_euler=true"],
+                         "base checkpoints, Heun with a last Euler step (JiT's code) instead of the paper's"),
     "frame+raw": (["from:frame", "sample.use_ema=false"], "frame checkpoints, raw weights instead of EMA"),
     "frame+shift1": (["from:frame", "sample.shift=1.0"], "frame checkpoints, sampler grid without time shift"),
 }
@@ -63,6 +68,8 @@ METRICS: dict[str, dict[str, tuple[str, str]]] = {
             "edm/atom_stability": ("generation", "edm/atom_stability"),
             "edm/molecule_stability": ("generation", "edm/molecule_stability"),
             "adit/validity": ("generation", "adit/validity"), "edm/validity": ("generation", "edm/validity"),
+            "connected_t1": ("generation_temperature_1", "connected_validity"),
+            "atom_stab_t1": ("generation_temperature_1", "edm/atom_stability"),
             "match": ("reconstruction", "reconstruction/match_rate"), "rmsd": ("reconstruction", "reconstruction/rmsd"),
             "train_steps": ("", "train_steps")},
     "mp20": {"valid": ("generation", "valid_pct"), "comp_valid": ("generation", "comp_valid_pct"),
@@ -265,6 +272,9 @@ MP20_CANDIDATES: dict[str, tuple[list[str], str]] = {
                   "base checkpoints, types among the elements the composition head predicts present"),
     "base+vote": (["from:base", "data.type_decode=cell_vote"],
                   "base checkpoints, types among the elements whose probabilities sum to half an atom or more"),
+    "base+balanced": (["from:base", "data.type_decode=charge_balanced"],
+                      "REPAIR, not the model's own validity: base checkpoints, argmax types then the opt-in "
+                      "SMACT charge-balance repair (one or two atoms to their next most probable elements)"),
     "chem+comp": (["from:chem", "data.type_decode=composition"],
                   "chem checkpoints, types among the elements the composition head predicts present"),
 }

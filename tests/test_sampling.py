@@ -24,6 +24,24 @@ def test_fixed_step_solvers_converge_at_their_order(solver, order, shift):
 def test_heun_evaluations_count():
     _, nfe = integrate(linear_ode, torch.ones(1, 1), solver="heun", steps=50)
     assert nfe == 100  # 50 steps = 100 evaluations, as the paper counts
+    assert integrate(linear_ode, torch.ones(1, 1), solver="heun", steps=50, final_euler=True)[1] == 99  # JiT
+
+
+def test_heun_ends_on_the_prediction_of_an_x_predictor_that_returns_its_input_at_t_1():
+    """With x-prediction, v = (x1_hat - x) / max(1 - t, clamp). A model that knows the target z ends on z
+    exactly with JiT's final Euler step; the paper's Heun corrector at t = 1 (where this model predicts its
+    input, so v = 0) stops halfway between the last grid state and z."""
+    from unite_sci.flow import x_to_velocity
+
+    z, x0 = torch.full((1, 4), 2.0), torch.zeros(1, 4)
+
+    def f(x, t):  # the prediction is z before t = 1 and the input itself at t = 1
+        x1_hat = torch.where(t.view(-1, 1) >= 1.0, x, z)
+        return x_to_velocity(x1_hat, x, t)
+
+    assert torch.allclose(integrate(f, x0, solver="heun", steps=10, final_euler=True)[0], z)
+    halfway = integrate(f, x0, solver="heun", steps=10)[0]
+    assert torch.allclose(halfway, 0.5 * (0.9 * z) + 0.5 * z)  # state at t = 0.9 is 0.9 z
 
 
 def test_dopri5_within_tolerance_on_time_dependent_ode():

@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--solver", choices=["heun", "euler", "dopri5"], help="ODE solver (default: the "
                                                                          "checkpoint's sample.solver)")
     s.add_argument("--steps", type=int, help="solver steps (default: the checkpoint's sample.steps)")
+    s.add_argument("--temperature", type=float, help="scale of the starting noise; below 1 trades diversity "
+                                                     "for quality (default: the checkpoint's sample.temperature)")
     s.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the checkpoint's "
                                              "sample.cfg)")
     s.add_argument("--seed", type=int, help="random seed (default: the checkpoint's sample.seed)")
@@ -103,7 +105,15 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--num-test", type=int, default=2000, help="test items scored (default: 2000)")
     pr.add_argument("--out", help="write the report JSON here too (default: print only)")
 
-    for command in (sub.choices["list"], t, s, e, b, enc, rec, pr):
+    dg = command("diagnose", "where generation loses quality: decoder tolerance, the denoiser's one-shot and "
+                             "ODE-from-t0 predictions on real test items, and the sampler, scored alike")
+    dg.add_argument("--checkpoint", required=True, help="a .pt file written by `unite-sci train`")
+    dg.add_argument("--out", help="folder for report.json, report.md and diagnose.png (default: print only)")
+    dg.add_argument("--num", type=int, default=300, help="test items, and samples drawn (default: 300)")
+    dg.add_argument("--ode-steps", type=int, default=10, help="Heun steps of each ODE from t0 (default: 10)")
+    dg.add_argument("--seed", type=int, default=0, help="noise and register seed (default: 0)")
+
+    for command in (sub.choices["list"], t, s, e, b, enc, rec, pr, dg):
         command.add_argument("--adapter", action="append", default=[], metavar="PACKAGE.MODULE:CLASS",
                              help="register this adapter class (importable from sys.path or the current "
                                   "folder; nothing installed); repeatable. Also: $UNITE_SCI_ADAPTERS")
@@ -163,6 +173,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     _check_positive("--num", args.num)
     _check_positive("--steps", args.steps)
+    _check_positive("--temperature", args.temperature)
     condition = {}
     for word in args.condition:
         key, sep, value = word.partition("=")
@@ -170,9 +181,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
             raise UserError(f"--condition takes KEY=VALUE, got {word!r}")
         condition[key] = value
     meta = sample_to_disk(args.checkpoint, args.out, args.num,
-                          {"solver": args.solver, "steps": args.steps, "cfg": args.cfg, "seed": args.seed},
+                          {"solver": args.solver, "steps": args.steps, "cfg": args.cfg, "seed": args.seed,
+                           "temperature": args.temperature},
                           condition or None)
-    print(json.dumps({k: meta[k] for k in ("num_samples", "solver", "steps", "samples_per_s", "files")}, indent=2))
+    print(json.dumps({k: meta[k] for k in ("num_samples", "solver", "steps", "temperature", "samples_per_s", "files")},
+                     indent=2))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -265,7 +278,14 @@ def cmd_probe(args: argparse.Namespace) -> None:
     print(json.dumps(json_ready(report), indent=2))
 
 
-COMMANDS = {"list": cmd_list, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
+def cmd_diagnose(args: argparse.Namespace) -> None:
+    from .diagnose import markdown, run_diagnose
+
+    report = run_diagnose(args.checkpoint, args.out, args.num, args.seed, args.ode_steps)
+    print(markdown(report))
+
+
+COMMANDS = {"diagnose": cmd_diagnose, "list": cmd_list, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
             "benchmark": cmd_benchmark, "encode": cmd_encode, "reconstruct": cmd_reconstruct, "probe": cmd_probe}
 
 

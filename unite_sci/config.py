@@ -28,6 +28,11 @@ class NoiseMode(Choice):
     none = "none"
 
 
+class Prediction(Choice):
+    x = "x"          # the network's output is the clean latent (the paper)
+    velocity = "velocity"  # x1_hat = x_t + (1 - t) F: the output is a velocity, the input passes through
+
+
 class OptimName(Choice):
     adamw = "adamw"
     muon = "muon"
@@ -88,6 +93,8 @@ class FlowConfig:
     stop_gradient: bool = True          # ablation: False lets the flow loss shape z0
     label_dropout: float = unit_interval(0.1)
     tokenize_t_max: float = unit_interval(0.01)  # tokenize mode uses t ~ U[0, tokenize_t_max]
+    prediction: Prediction = Prediction.x  # x (paper) | velocity: near t = 1 an x-prediction must copy its
+                                        # input to the decoder's precision; a velocity output only corrects it
     self_condition: float = unit_interval(0.0)  # probability of self-conditioning a flow pass on its own detached
                                         # x-prediction (ADiT: 0.5); > 0 adds the input projection to the GE
 
@@ -149,6 +156,8 @@ class TrainConfig:
 class SampleConfig:
     solver: Solver = Solver.heun        # euler | heun | dopri5
     steps: int = positive(50)
+    final_euler: bool = False           # heun: false = Heun to t = 1 as well (the paper: 50 steps = 100 NFE);
+                                        # true = the last step is Euler, as JiT's public code does (99 NFE)
     cfg: float = 1.0                    # guidance scale w; 1 = no guidance
     cfg_interval: list = field(default_factory=lambda: [0.1, 1.0])
     atol: float = 1e-6
@@ -157,6 +166,8 @@ class SampleConfig:
     batch_size: int = positive(500)
     seed: int = 0
     use_ema: bool = True
+    temperature: float = positive(1.0)  # scale of the starting noise: 1 samples the model's distribution; < 1
+                                        # trades diversity for quality (recorded with every sample set)
     shift: Optional[float] = positive(None)  # time shift of the sampler's grid; None: the training flow.shift
 
 

@@ -147,7 +147,7 @@ def generate(model: Unite, adapter: Adapter, scfg: SampleConfig, num: int | None
         hi = min(lo + scfg.batch_size, num)
         mask = adapter.layout.mask_from_sizes(sizes[lo:hi]) if sizes is not None else None
         k = mask.shape[1] + adapter.layout.extra if mask is not None else adapter.layout.count
-        noise = torch.randn(hi - lo, k, model.cfg.model.latent_dim, generator=gen).to(device)
+        noise = scfg.temperature * torch.randn(hi - lo, k, model.cfg.model.latent_dim, generator=gen).to(device)
         mask = mask.to(device) if mask is not None else None
         rows = Cond(cond[lo:hi], {k: v[lo:hi] for k, v in conds.items()}).to(device)
         regs = model.registers(mask, hi - lo, device, rows.extra)
@@ -159,14 +159,17 @@ def generate(model: Unite, adapter: Adapter, scfg: SampleConfig, num: int | None
         z, nfe = sample_latents(denoise, noise, cond=rows, null=model.encoder.null_class,
                                 solver=scfg.solver, steps=scfg.steps, shift=shift, clamp=model.cfg.flow.clamp,
                                 cfg=scfg.cfg, cfg_interval=tuple(scfg.cfg_interval), atol=scfg.atol,
-                                rtol=scfg.rtol, self_condition=model.cfg.flow.self_condition > 0)
+                                rtol=scfg.rtol, self_condition=model.cfg.flow.self_condition > 0,
+                                final_euler=scfg.final_euler)
         nfe_total += nfe
         dec = model.decode(z, mask, regs)
         if rows.extra:
             dec = adapter.apply_conditions(dec, rows.extra, mask)
         out.extend(adapter.to_domain(dec, mask))
     wall = time.time() - t0
-    info = {"num_samples": num, "solver": scfg.solver, "steps": scfg.steps, "time_shift": shift, "cfg_scale": scfg.cfg,
+    info = {"num_samples": num, "solver": scfg.solver, "steps": scfg.steps, "final_euler": scfg.final_euler,
+            "temperature": scfg.temperature,
+            "time_shift": shift, "cfg_scale": scfg.cfg,
             "cfg_interval": list(scfg.cfg_interval), "seed": scfg.seed, "nfe_per_batch": nfe_total /
             max(1, -(-num // scfg.batch_size)), "sampling_wall_s": round(wall, 2),
             "samples_per_s": round(num / max(wall, 1e-9), 2)}

@@ -190,18 +190,24 @@ class GEBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN + Linear(d -> C) + LayerNorm(C) with learnable affine, applied to every latent output."""
+    """adaLN + Linear(d -> C) + LayerNorm(C) with learnable affine, applied to every latent output.
 
-    def __init__(self, width: int, channels: int):
+    ``velocity=True`` adds a second, unnormalised Linear(d -> C): the denoiser's output under
+    ``flow.prediction=velocity`` (a velocity is not a latent, so it does not pass the latent LayerNorm).
+    """
+
+    def __init__(self, width: int, channels: int, velocity: bool = False):
         super().__init__()
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.linear = nn.Linear(width, channels)
         self.out_norm = nn.LayerNorm(channels)  # learnable affine: the model calibrates its latent scale
+        self.velocity = nn.Linear(width, channels) if velocity else None
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, velocity: bool = False) -> Tensor:
         shift, scale = self.ada(c).unsqueeze(1).chunk(2, dim=-1)
-        return self.out_norm(self.linear(modulate(self.norm(x), shift, scale)))  # (B, K, C)
+        h = modulate(self.norm(x), shift, scale)
+        return self.velocity(h) if velocity else self.out_norm(self.linear(h))  # (B, K, C)
 
 
 # ----------------------------------------------------------------------------- Generative Encoder
@@ -216,11 +222,14 @@ class GenerativeEncoder(nn.Module):
                  num_classes: int = 0, mlp_ratio: float = 4.0, time_freqs: int = 256,
                  rope_theta: float = 1e4, in_context_tokens: int = 0, in_context_start: int = 4,
                  tokenize_t_max: float = 0.01, self_condition: bool = False,
-                 conditions: nn.Module | None = None):
+                 conditions: nn.Module | None = None, prediction: str = "x"):
         super().__init__()
         self.layout, self.latent_dim, self.width = layout, latent_dim, width
         self.rope_theta, self.heads = rope_theta, heads
         self.tokenize_t_max = tokenize_t_max
+        if prediction not in ("x", "velocity"):
+            raise ValueError(f"prediction must be 'x' or 'velocity', got {prediction!r}")
+        self.prediction = prediction
         self.in_context_tokens, self.in_context_start = in_context_tokens, in_context_start
         self.x_embed = nn.Linear(latent_dim, width)
         # self-conditioning: the previous x-prediction enters through its own projection, zero-initialised
@@ -233,7 +242,7 @@ class GenerativeEncoder(nn.Module):
         if in_context_tokens:
             self.ctx_pos = nn.Parameter(torch.zeros(in_context_tokens, width).normal_(std=0.02))
         self.blocks = nn.ModuleList(GEBlock(width, heads, mlp_ratio) for _ in range(depth))
-        self.final = FinalLayer(width, latent_dim)
+        self.final = FinalLayer(width, latent_dim, velocity=prediction == "velocity")
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -253,6 +262,8 @@ class GenerativeEncoder(nn.Module):
         nn.init.zeros_(self.final.ada[-1].bias)
         if self.sc_embed is not None:
             nn.init.zeros_(self.sc_embed.weight)
+        if self.final.velocity is not None:  # starts as x1_hat = x_t; unlike the latent head no LayerNorm follows
+            nn.init.zeros_(self.final.velocity.weight)
         # final.linear keeps its xavier init: a zero output would sit at LayerNorm's singular point
 
     @property
@@ -262,7 +273,7 @@ class GenerativeEncoder(nn.Module):
     def forward(self, registers: Tensor, t: Tensor, cond: Tensor, *, regs: Registers,
                 tokens: Tensor | None = None, tok_mask: Tensor | None = None,
                 tok_pos: Tensor | None = None, self_cond: Tensor | None = None,
-                conds: dict[str, Tensor] | None = None) -> Tensor:
+                conds: dict[str, Tensor] | None = None, velocity: bool = False) -> Tensor:
         """registers (B, K, C), t (B,), cond (B,) long, masks bool True = real -> latents (B, K, C).
 
         ``regs``: the batch's register mask and positions (``layout.registers``); ``tokens`` (B, N, d) with
@@ -271,6 +282,7 @@ class GenerativeEncoder(nn.Module):
         ``self_cond`` (B, K, C): the previous clean-latent prediction (self-conditioning); zeros when there is
         none yet (as in training); None adds nothing (tokenize mode, or a model built without it).
         ``conds``: the adapter's structured conditions (``conditions.py``); absent ones count as not given.
+        ``velocity``: return the velocity head's output instead of latents (``prediction="velocity"``).
         """
         b, k, _ = registers.shape
         reg_mask, reg_pos = regs
@@ -296,7 +308,7 @@ class GenerativeEncoder(nn.Module):
                 x, rope, attn_mask = self._add_context(x, c, pos, mask)
             x = blk(x, c, rope, attn_mask)  # (B, L, d)
         skip = self.in_context_tokens if self.in_context_tokens and len(self.blocks) > self.in_context_start else 0
-        return self.final(x[:, skip:skip + k], c)  # (B, K, C)
+        return self.final(x[:, skip:skip + k], c, velocity)  # (B, K, C)
 
     def _append_condition(self, x: Tensor, pos: Tensor, mask: Tensor, tok: Tensor, tmask: Tensor,
                           aligned: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -343,8 +355,12 @@ class GenerativeEncoder(nn.Module):
 
         ``regs``: the batch's ``layout.registers``. ``self_cond`` (B, K, C) is the previous prediction when
         the model was built with self-conditioning; ``conds`` the structured conditions (``conditions.py``).
+        With ``prediction="velocity"`` the network gives a velocity F and ``x1_hat = x_t + (1 - t) F``.
         """
-        return self(x_t, t, cond, regs=regs, self_cond=self_cond, conds=conds)
+        if self.prediction == "x":
+            return self(x_t, t, cond, regs=regs, self_cond=self_cond, conds=conds)
+        f = self(x_t, t, cond, regs=regs, self_cond=self_cond, conds=conds, velocity=True)  # (B, K, C)
+        return x_t + (1.0 - t).view(-1, 1, 1).to(f.dtype) * f
 
 
 # ----------------------------------------------------------------------------- decoder

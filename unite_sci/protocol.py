@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ from .files import atomic_write, write_json
 def run_protocol(modality: str, out: str | Path, budget_minutes: float | None = None,
                  num_samples: int | None = None, checkpoint: str | None = None,
                  overrides: list[str] = (), recon_num: int = 1000, resume: bool = False) -> dict[str, Any]:
-    """Train for the budget (or load ``checkpoint``), sample, evaluate generation and reconstruction."""
+    """Train for the budget (or load ``checkpoint``), sample, evaluate generation and reconstruction.
+
+    With ``sample.temperature`` below 1 the samples at temperature 1 (the model's own distribution) are
+    scored too, as ``generation_temperature_1``: a lowered temperature is never reported alone."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train_summary: dict[str, Any] = {}
@@ -38,11 +42,16 @@ def run_protocol(modality: str, out: str | Path, budget_minutes: float | None = 
     t0 = time.time()
     gen = adapter.evaluate(samples, str(out / "per_sample.csv"))
     gen_wall = time.time() - t0
+    at_one = {}
+    if cfg.sample.temperature != 1.0:  # the model's own distribution, always beside a lowered temperature
+        one = replace(cfg.sample, temperature=1.0)
+        samples_one, _ = generate(model, adapter, one, num)
+        at_one = {"generation_temperature_1": adapter.evaluate(samples_one, str(out / "per_sample_temperature_1.csv"))}
     inputs, recons = reconstruct(model, adapter, "test", recon_num)
     t0 = time.time()
     rec = adapter.evaluate_reconstruction(inputs, recons)
     rec_wall = time.time() - t0
-    result = {"modality": modality, "generation": gen, "reconstruction": rec,
+    result = {"modality": modality, "generation": gen, **at_one, "reconstruction": rec,
               "reconstruction_num": len(inputs), "sampling": sample_info, "training": train_summary,
               "evaluation_wall_s": {"generation": round(gen_wall, 1), "reconstruction": round(rec_wall, 1)},
               "sample_files": [str(f) for f in files], **provenance(loaded), "config": to_yaml(cfg)}

@@ -23,8 +23,16 @@ VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x (B, ...), t (B,)) -> dx/dt
 
 
 def integrate(f: VelocityFn, x0: Tensor, *, solver: str = "heun", steps: int = 50, shift: float = 1.0,
-              atol: float = 1e-6, rtol: float = 1e-3) -> tuple[Tensor, int]:
-    """Solve dx/dt = f(x, t) from t = 0 to 1. Returns the end state and the number of evaluations."""
+              atol: float = 1e-6, rtol: float = 1e-3, final_euler: bool = False) -> tuple[Tensor, int]:
+    """Solve dx/dt = f(x, t) from t = 0 to 1. Returns the end state and the number of evaluations.
+
+    ``final_euler``: Heun's last step is an Euler step, as JiT's public code does (50 steps = 99
+    evaluations; the paper counts 100, Heun to the end). With an x-prediction the velocity at t = 1 is
+    ``(x1_hat - x) / clamp``: the Euler step ends on the last x-prediction, while a Heun corrector at t = 1
+    averages in one more, amplified, correction (a model that returns its input there stops halfway).
+    Measured on QM9 (30- and 120-minute checkpoints) the paper's Heun scored about a point higher. The
+    order stays 2 either way: one Euler step adds an O(h^2) error.
+    """
     nfe = 0
     b = x0.shape[0]
 
@@ -41,9 +49,9 @@ def integrate(f: VelocityFn, x0: Tensor, *, solver: str = "heun", steps: int = 5
         return odeint(rhs, x0, s, method="dopri5", atol=atol, rtol=rtol)[-1], nfe
     grid = shift_time(torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64), shift).tolist()
     x = x0
-    for t0, t1 in zip(grid[:-1], grid[1:]):
+    for i, (t0, t1) in enumerate(zip(grid[:-1], grid[1:])):
         v0 = call(x, t0)
-        if solver == "euler":
+        if solver == "euler" or (final_euler and i == steps - 1):
             x = x + (t1 - t0) * v0
         elif solver == "heun":
             x_pred = x + (t1 - t0) * v0
@@ -79,7 +87,7 @@ def guided_prediction(predict: Callable[[Tensor, Tensor, Tensor], Tensor], x: Te
 def sample_latents(denoise: Callable[..., Tensor], noise: Tensor, *, cond: Tensor | Cond, null: int,
                    solver: str = "heun", steps: int = 50, shift: float = 0.5, clamp: float = 0.05,
                    cfg: float = 1.0, cfg_interval: tuple[float, float] = (0.1, 1.0), atol: float = 1e-6,
-                   rtol: float = 1e-3, self_condition: bool = False) -> tuple[Tensor, int]:
+                   rtol: float = 1e-3, self_condition: bool = False, final_euler: bool = False) -> tuple[Tensor, int]:
     """Noise (B, K, C) -> clean latents (B, K, C) with the given solver and guidance.
 
     ``denoise(x, t, cond)`` is the x-prediction network; ``cond`` (B,) long the labels (or a :class:`Cond`
@@ -101,4 +109,5 @@ def sample_latents(denoise: Callable[..., Tensor], noise: Tensor, *, cond: Tenso
         x1_hat = guided_prediction(predict, x, t, cond=cond, null=null, scale=cfg, interval=tuple(cfg_interval))
         return x_to_velocity(x1_hat, x, t, clamp)
 
-    return integrate(velocity, noise, solver=solver, steps=steps, shift=shift, atol=atol, rtol=rtol)
+    return integrate(velocity, noise, solver=solver, steps=steps, shift=shift, atol=atol, rtol=rtol,
+                     final_euler=final_euler)

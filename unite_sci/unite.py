@@ -73,7 +73,8 @@ class Unite(nn.Module):
                                      time_freqs=m.time_freqs, rope_theta=m.rope_theta,
                                      in_context_tokens=m.in_context_tokens, in_context_start=m.in_context_start,
                                      tokenize_t_max=cfg.flow.tokenize_t_max,
-                                     self_condition=cfg.flow.self_condition > 0, conditions=conditions)
+                                     self_condition=cfg.flow.self_condition > 0, conditions=conditions,
+                                     prediction=cfg.flow.prediction.value)
 
         self.encoder = make_ge()
         # shared weights: the same module object, so exactly one parameter set

@@ -59,6 +59,7 @@ class TypeDecode(Choice):
     argmax = "argmax"
     composition = "composition"
     cell_vote = "cell_vote"
+    charge_balanced = "charge_balanced"  # a repair (charge.py): reported beside the model's own validity
 
 
 @dataclass
@@ -87,7 +88,8 @@ class CrystalConfig:
                                         # the head
     type_decode: TypeDecode = TypeDecode.argmax  # argmax: per atom | composition: among the elements that
                                         # the composition head predicts present (see the module docstring) |
-                                        # cell_vote: among the elements worth half an atom (decode_types)
+                                        # cell_vote: among the elements worth half an atom (decode_types) |
+                                        # charge_balanced: argmax, then the opt-in SMACT repair (charge.py)
     eval_workers: int = non_negative(0)  # 0: all cores
     time_limit_s: float = positive(30.0)  # per StructureMatcher / SMACT call; past it = invalid / no match
     oxidation_states: str = "smact2_default"  # smact2_default (published) | icsd16 | pymatgen | file path
@@ -313,7 +315,12 @@ class CrystalAdapter(AdapterBase):
             allowed = comp > 0  # sigmoid > 0.5
             allowed |= F.one_hot(comp.argmax(-1), NUM_TYPES).bool()  # never an empty set
             logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
-        return logits.argmax(-1) + 1
+        types = logits.argmax(-1) + 1
+        if self.cfg.type_decode == "charge_balanced":
+            from .charge import balance_batch
+
+            types = balance_batch(types, logits, mask, self.cfg.oxidation_states)
+        return types
 
     def to_domain(self, out: dict[str, Tensor], mask: Tensor | None) -> list[cdata.CrystalItem]:
         """CrystalItems in physical units: z (n,), frac (n, 3) in [0, 1), lengths (3,) A, angles (3,) deg."""
