@@ -13,13 +13,15 @@
 - ``ode_from``: Heun integration of the sampler's ODE from ``x_t0`` to t = 1 (SDEdit-style). A flow that has
   learned the data ends on sharp, valid objects; one that ends where ``one_shot`` at t0 did follows its
   first guess (outputs pulled toward the mean) instead of adding detail.
-- ``generated``: the run's sampler from pure noise, as ``unite-sci sample`` draws.
+- ``generated``: the run's sampler from pure noise, as ``unite-sci sample`` draws (and
+  ``generated/temperature=1`` beside it when the run samples at a lowered ``sample.temperature``).
 
 All rows use the null condition and the same noise per item. Metrics are the adapter's, in its units.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -131,7 +133,7 @@ def run_diagnose(checkpoint: str, out: str | None = None, num: int = 300, seed: 
     draws; write report.json, report.md and diagnose.png into ``out`` when given."""
     from .engine import generate, load_model, provenance
     from .errors import UserError
-    from .files import writable_dir, write_json
+    from .files import atomic_write, writable_dir, write_json
 
     if num < 2:
         raise UserError(f"--num must be >= 2, got {num}")
@@ -148,11 +150,16 @@ def run_diagnose(checkpoint: str, out: str | None = None, num: int = 300, seed: 
         raise UserError(f"the {adapter.name!r} adapter has no quick_metrics to score the stages with")
     samples, info = generate(model, adapter, loaded.cfg.sample, len(items), progress=progress)
     report["rows"]["generated"] = adapter.quick_metrics(samples)
+    if loaded.cfg.sample.temperature != 1.0:  # the model's own distribution beside a lowered temperature
+        one = replace(loaded.cfg.sample, temperature=1.0)
+        report["rows"]["generated/temperature=1"] = adapter.quick_metrics(
+            generate(model, adapter, one, len(items), progress=progress)[0])
     report.update({"num_items": len(items), "seed": seed, "ode_steps": ode_steps, "sampler": info,
                    "wall_s": round(time.time() - t0, 1), **provenance(loaded)})
     if folder is not None:
         write_json(report, folder / "report.json")
-        (folder / "report.md").write_text(markdown(report))
+        text = markdown(report)
+        atomic_write(folder / "report.md", lambda f: f.write(text), binary=False)
         plot(report, folder / "diagnose.png")
     return report
 
