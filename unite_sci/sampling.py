@@ -30,8 +30,8 @@ def integrate(f: VelocityFn, x0: Tensor, *, solver: str = "heun", steps: int = 5
     evaluations; the paper counts 100, Heun to the end). With an x-prediction the velocity at t = 1 is
     ``(x1_hat - x) / clamp``: the Euler step ends on the last x-prediction, while a Heun corrector at t = 1
     averages in one more, amplified, correction (a model that returns its input there stops halfway).
-    Measured on QM9 (30- and 120-minute checkpoints) the paper's Heun scored about a point higher. The
-    order stays 2 either way: one Euler step adds an O(h^2) error.
+    Which ends better is measured per modality in the benchmarks (README); the order stays 2 either way:
+    one Euler step adds an O(h^2) error.
     """
     nfe = 0
     b = x0.shape[0]
