@@ -83,13 +83,18 @@ def sanity_row(num: int, overrides: list[str]) -> dict[str, Any]:
     return {"method": f"Data: {n} real test molecules (this toolkit)", **gen}
 
 
+def real_rows(num: int, overrides: list[str]) -> list[dict[str, Any]]:
+    """The real-data row, or none when ``sanity=0`` asks for no real molecules."""
+    return [sanity_row(num, overrides)] if num > 0 else []
+
+
 def run_seeds(out: str, budget: float, num: int, opts: QM9Options, config: list[str]) -> Path:
     """UNITE and two-stage at several seeds through the study runner, with the real-data and published rows."""
     methods = SCALING if opts.baseline else {"unite": SCALING["unite"]}
     cols = [c for c in COLUMNS if c not in ("match", "rmsd")]
 
     def extra() -> list[tuple[str, str]]:  # after the timed jobs, so that it never competes with them
-        refs = [sanity_row(opts.sanity, config)] + [{"method": k, **v} for k, v in REFERENCES.items()]
+        refs = real_rows(opts.sanity, config) + [{"method": k, **v} for k, v in REFERENCES.items()]
         return [("Real data and published numbers", markdown_table(refs, cols)), ("Protocol", PROTOCOL)]
 
     return run_study("qm9", "qm9", methods, out, [budget], num, opts, config, extra)
@@ -118,7 +123,7 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
             if "generation_temperature_1" in results[key]:  # the model's own distribution, beside
                 rows.append({"method": f"{name}, temperature 1",
                              **results[key]["generation_temperature_1"]})
-    rows.append(sanity_row(opts.sanity, config))
+    rows += real_rows(opts.sanity, config)
     rows += [{"method": k, **v} for k, v in REFERENCES.items()]
     u = results["unite"]
     # Steps and wall time of the model actually scored: a given checkpoint's own (recorded in it and read

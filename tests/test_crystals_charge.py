@@ -49,3 +49,33 @@ def test_batches_repair_real_atoms_and_leave_padding():
     mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
     out = balance_batch(types, logits, mask, "smact2_default")
     assert out[0].tolist() == [11, 17, 8, 1] and out[1].tolist() == [11, 17, 5, 5]
+
+
+def test_the_repair_acts_on_generated_crystals_only():
+    from test_crystals_adapter import make
+
+    a, _, _ = make("data.type_decode=charge_balanced")
+    na_cl2 = logp_of([{11: -0.1}, {17: -0.1, 11: -2.0}, {17: -0.1, 8: -1.0}]).unsqueeze(0)
+    out = {"type_logits": na_cl2, "lattice": torch.zeros(1, 6), "sincos": torch.zeros(1, 3, 6)}
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    assert a.decode_types(out, mask).tolist() == [[11, 17, 17]]  # a reconstruction keeps the argmax
+    finished = a.finish_samples(out, mask)
+    assert a.decode_types(finished, mask).tolist() == [[11, 17, 8]]
+    assert a.to_domain(finished, mask)[0].z.tolist() == [11, 17, 8]
+    plain, _, _ = make()
+    assert plain.finish_samples(out, mask) is out  # off by default
+
+
+def test_the_core_calls_the_finishing_hook_when_generating_and_never_when_reconstructing(tmp_path):
+    from unite_sci.engine import generate, reconstruct_items
+
+    from test_trainer import make_trainer
+
+    tr = make_trainer(tmp_path, "train.max_steps=1")
+    calls = []
+    tr.adapter.finish_samples = lambda out, mask: calls.append(len(next(iter(out.values())))) or out
+    samples, _ = generate(tr.model.eval(), tr.adapter, tr.cfg.sample, num=5, progress=False)
+    assert len(samples) == 5 and sum(calls) == 5
+    test = tr.adapter.build_splits()["test"]
+    reconstruct_items(tr.model, tr.adapter, [test[i] for i in range(4)], progress=False)
+    assert sum(calls) == 5

@@ -217,6 +217,11 @@ class AdapterBase:
         fixes the atom types); identity by default."""
         return out
 
+    def finish_samples(self, out: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
+        """Generation only, after :meth:`apply_conditions`: an opt-in, named repair of generated decoder
+        outputs (crystals' charge balance). Never applied to reconstructions; identity by default."""
+        return out
+
 
 # ----------------------------------------------------------------------------- registry
 _REGISTRY: dict[str, type] = {}

@@ -165,7 +165,8 @@ def generate(model: Unite, adapter: Adapter, scfg: SampleConfig, num: int | None
         dec = model.decode(z, mask, regs)
         if rows.extra:
             dec = adapter.apply_conditions(dec, rows.extra, mask)
-        out.extend(adapter.to_domain(dec, mask))
+        finish = getattr(adapter, "finish_samples", None)  # optional (AdapterBase): a generation-only repair
+        out.extend(adapter.to_domain(finish(dec, mask) if finish is not None else dec, mask))
     wall = time.time() - t0
     info = {"num_samples": num, "solver": scfg.solver, "steps": scfg.steps, "final_euler": scfg.final_euler,
             "temperature": scfg.temperature,

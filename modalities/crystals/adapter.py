@@ -89,7 +89,8 @@ class CrystalConfig:
     type_decode: TypeDecode = TypeDecode.argmax  # argmax: per atom | composition: among the elements that
                                         # the composition head predicts present (see the module docstring) |
                                         # cell_vote: among the elements worth half an atom (decode_types) |
-                                        # charge_balanced: argmax, then the opt-in SMACT repair (charge.py)
+                                        # charge_balanced: argmax, then the opt-in SMACT repair of
+                                        # generated crystals only (charge.py, finish_samples)
     eval_workers: int = non_negative(0)  # 0: all cores
     time_limit_s: float = positive(30.0)  # per StructureMatcher / SMACT call; past it = invalid / no match
     oxidation_states: str = "smact2_default"  # smact2_default (published) | icsd16 | pymatgen | file path
@@ -315,12 +316,17 @@ class CrystalAdapter(AdapterBase):
             allowed = comp > 0  # sigmoid > 0.5
             allowed |= F.one_hot(comp.argmax(-1), NUM_TYPES).bool()  # never an empty set
             logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
-        types = logits.argmax(-1) + 1
-        if self.cfg.type_decode == "charge_balanced":
-            from .charge import balance_batch
+        return out["types"] if "types" in out else logits.argmax(-1) + 1
 
-            types = balance_batch(types, logits, mask, self.cfg.oxidation_states)
-        return types
+    def finish_samples(self, out: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
+        """``type_decode=charge_balanced`` (generated crystals only): argmax types, then the opt-in SMACT
+        repair of :mod:`.charge`; reconstructions keep the argmax."""
+        if self.cfg.type_decode != "charge_balanced":
+            return out
+        from .charge import balance_batch
+
+        logits = out["type_logits"].float()
+        return dict(out, types=balance_batch(logits.argmax(-1) + 1, logits, mask, self.cfg.oxidation_states))
 
     def to_domain(self, out: dict[str, Tensor], mask: Tensor | None) -> list[cdata.CrystalItem]:
         """CrystalItems in physical units: z (n,), frac (n, 3) in [0, 1), lengths (3,) A, angles (3,) deg."""

@@ -1,10 +1,11 @@
-"""Charge-balance repair at decode time (``data.type_decode=charge_balanced``): opt-in and named.
+"""Charge-balance repair of generated crystals (``data.type_decode=charge_balanced``): opt-in and named.
 
 A crystal whose argmax composition fails SMACT's charge-neutrality and Pauling tests (the test behind the
 published compositional validity) gets the most probable alternative that passes: one or two atoms change to
 one of their next ``ALTERNATIVES`` most probable elements, cheapest first by the model's own log-probability
 loss, at most ``MAX_TRIES`` compositions tried. Coordinates and lattice are untouched. When no candidate
-passes, the argmax types stay.
+passes, the argmax types stay. It acts through the adapter's generation-only ``finish_samples`` hook:
+reconstructions keep the argmax, so the match rate still measures the tokenizer.
 
 This is a repair: the benchmark reports it as its own row (``mp20-ablation`` candidate ``base+balanced``),
 never as the model's validity.
