@@ -3,12 +3,15 @@ numbers, with the full protocol (SPEC sections 7, 9).
 
     unite-sci benchmark mp20 [--budget-minutes 10] [--num-samples 1000] [--checkpoint CKPT]
                              [recon=N] [sanity=N] [other_decode=true] [baseline=true]
+                             [reference=1000] [coverage=true]
                              [key=value config overrides]
 
 Options without a dot: ``baseline`` (the two-stage row: the same budget, config and protocol with separate
 tokenizer and denoiser weights, trained one after the other; skipped with ``--checkpoint``), ``recon`` (test crystals encoded and decoded, default min(1000, samples)), ``sanity``
 (real test crystals scored like samples, default 1000; 0 skips), ``other_decode`` (also decode the same
-latents with the other ``data.type_decode`` rule, argmax <-> composition, when the model has the head).
+latents with the other ``data.type_decode`` rule, argmax <-> composition, when the model has the head),
+``reference`` (test crystals as the reference of CDVAE's density / element-count Wasserstein distances and
+coverage, default 1000; 0 skips), ``coverage`` (COV-R / COV-P against that reference, default true).
 Every score is computed from files on disk (``*/samples/samples.npz``): ``unite-sci evaluate`` redoes it.
 """
 from __future__ import annotations
@@ -60,8 +63,10 @@ SHAPE_PROTOCOL = """- Space groups: pymatgen `SpacegroupAnalyzer` (spglib) at sy
   on every sample; the distribution over valid samples against the training crystals' (total variation
   over the 230 groups and over the 7 crystal systems, 0 = identical), the share in P1 beside the training
   share, per sample in `per_sample.csv` and as `space_groups.png`.
-- Wasserstein distances of density and number of elements (CDVAE) against `data.wasserstein_reference`
-  test crystals, and COV-R / COV-P (CDVAE's fingerprints and cutoffs, matminer) when `data.coverage=true`.
+- Wasserstein distances of density and number of elements (CDVAE) against the first
+  `data.wasserstein_reference` test crystals (benchmark option `reference`, default 1,000; 0 skips), and
+  COV-R / COV-P (CDVAE's fingerprints and cutoffs, matminer; benchmark option `coverage`, default on) of
+  all samples against the same crystals. The real-data row skips both: its crystals are that reference.
 """
 
 DATA_TEXT = {
@@ -81,6 +86,21 @@ class CrystalOptions:
     sanity: int = non_negative(1000)    # real test crystals scored like samples; 0 skips
     other_decode: bool = True           # also decode the same latents with the other type_decode rule
     baseline: bool = True               # the two-stage row, same budget (not with --checkpoint)
+    reference: int = non_negative(1000)  # test crystals as reference of the density / element-count
+                                        # Wasserstein distances and COV-R / COV-P; 0 skips them
+    coverage: bool = True               # COV-R / COV-P (CrystalNN fingerprints: minutes per thousand crystals)
+
+
+def distribution_overrides(opts: CrystalOptions, config: list[str]) -> list[str]:
+    """The evaluation settings that put CDVAE's distribution metrics into the report, unless the config
+    already sets them: ``data.wasserstein_reference`` and ``data.coverage``."""
+    given = {o.split("=", 1)[0] for o in config}
+    out = []
+    if opts.reference and "data.wasserstein_reference" not in given:
+        out.append(f"data.wasserstein_reference={opts.reference}")
+    if opts.reference and "data.coverage" not in given:
+        out.append(f"data.coverage={str(opts.coverage).lower()}")
+    return out
 
 
 def _strip(res: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +121,10 @@ def _row(name: str, gen: dict[str, Any], rec: dict[str, Any] | None = None,
 
 def sanity_row(num: int, overrides: list[str]) -> dict[str, Any]:
     """The metrics of real test crystals themselves, through the same evaluation as the samples."""
-    adapter = make_adapter(load_config("mp20", overrides=[o for o in overrides if o.startswith("data.")]))
+    # no distribution metrics: the reference is the same first test crystals (COV 100 %, distances 0)
+    keep = [o for o in overrides if o.startswith("data.") and not o.startswith(("data.coverage",
+                                                                                 "data.wasserstein_reference"))]
+    adapter = make_adapter(load_config("mp20", overrides=keep))
     test = adapter.build_splits()["test"]
     n = min(num, len(test))
     gen = adapter.evaluate([test[i] for i in range(n)])
@@ -124,6 +147,7 @@ def other_decode_row(checkpoint: str, rule: str, num: int, recon: int, post: lis
 def run(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
         checkpoint: str | None = None, overrides: list[str] = ()) -> Path:
     opts, config = parse_options(CrystalOptions, overrides)
+    config = config + distribution_overrides(opts, config)
     post = [o for o in config if o.startswith(("sample.", "data."))]
     budget = budget_minutes or 10.0
     out_p = Path(out)

@@ -96,3 +96,16 @@ def test_qm9_sanity_zero_leaves_out_the_real_data_row(tmp_path, monkeypatch):
     assert "SANITY ROW" not in report
     report = qm9.run(str(tmp_path / "b"), num_samples=4, checkpoint="c.pt", overrides=["sanity=7"]).read_text()
     assert "SANITY ROW 7" in report
+
+
+def test_mp20_benchmark_puts_cdvae_distribution_metrics_in_unless_told_otherwise():
+    from unite_sci.config import parse_options
+
+    def extra(*words):
+        opts, config = parse_options(crystals.CrystalOptions, list(words))
+        return crystals.distribution_overrides(opts, config)
+
+    assert extra() == ["data.wasserstein_reference=1000", "data.coverage=true"]
+    assert extra("reference=200", "coverage=false") == ["data.wasserstein_reference=200", "data.coverage=false"]
+    assert extra("reference=0") == []
+    assert extra("data.wasserstein_reference=50") == ["data.coverage=true"]  # the user's own setting wins

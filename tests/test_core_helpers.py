@@ -160,3 +160,13 @@ def test_every_modality_caches_under_one_root(monkeypatch, tmp_path: Path) -> No
     assert qm9_cache().parent == crystals_cache().parent == cache_root()
     monkeypatch.setenv("UNITE_SCI_CACHE", str(tmp_path / "c"))
     assert qm9_cache().parent == crystals_cache().parent == cache_root() == tmp_path / "c"
+
+
+def test_figures_beside_a_per_sample_csv_are_named_like_it():
+    # the temperature-1 evaluation once overwrote the main sample set's bond_lengths.png in the same folder
+    from unite_sci.files import beside
+
+    assert beside("e/per_sample.csv", "bond_lengths.png") == Path("e/bond_lengths.png")
+    assert beside("e/per_sample_temperature_1.csv", "bond_lengths.png") == Path("e/bond_lengths_temperature_1.png")
+    assert beside("e/run_per_sample.csv", "space_groups.png") == Path("e/run_space_groups.png")
+    assert beside("e/scores.csv", "space_groups.png") == Path("e/scores_space_groups.png")

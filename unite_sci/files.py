@@ -123,3 +123,14 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
         return atomic_write(path, lambda f: f.write(text), binary=False)
     except OSError as e:
         raise UserError(f"cannot write '{path}': {e.strerror or e}") from None
+
+
+def beside(per_sample_csv: str | os.PathLike, name: str) -> Path:
+    """A figure's path beside a per-sample CSV, named like it: for ``bond_lengths.png``,
+    ``per_sample.csv`` gives ``bond_lengths.png``, ``per_sample_temperature_1.csv`` gives
+    ``bond_lengths_temperature_1.png`` and ``run_per_sample.csv`` gives ``run_bond_lengths.png``, so two
+    sample sets in one folder never overwrite each other's picture."""
+    csv = Path(per_sample_csv)
+    before, found, after = csv.stem.partition("per_sample")
+    stem, dot, ext = name.rpartition(".")
+    return csv.with_name(f"{before}{stem}{after}{dot}{ext}" if found else f"{csv.stem}_{name}")

@@ -34,6 +34,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from unite_sci.files import beside
 from unite_sci.parallel import parallel_map, run_limited
 from unite_sci.reduce import percent
 
@@ -349,7 +350,7 @@ def evaluate_generation(structures: Sequence[Any], train: Sequence[Any] | None =
     if per_sample_csv:
         _write_per_sample(Path(per_sample_csv), arrays, val, group_of, novel, sg)
         if sg_ref is not None:
-            plot_space_groups(sg, val.valid, sg_ref, Path(per_sample_csv).with_name("space_groups.png"))
+            plot_space_groups(sg, val.valid, sg_ref, beside(per_sample_csv, "space_groups.png"))
     res = _meta(protocol, oxidation_states=oxidation_states, time_limit_s=time_limit_s, workers=workers,
                 angle_window=angle_window, seconds=round(time.perf_counter() - t0, 2),
                 **({} if sg_ref is None else {"space_group_reference": "train" if train is not None else "reference",

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from unite_sci.adapter import AdapterBase, Batch, register
 from unite_sci.conditions import SCALARS
 from unite_sci.errors import DataError
+from unite_sci.files import beside
 from unite_sci.model import RegisterLayout
 from unite_sci.reduce import masked_mean
 from unite_sci.schema import Choice, non_negative, positive, ranged
@@ -324,7 +325,7 @@ class QM9Adapter(AdapterBase):
             out["geometry/reference"] = (f"the first {ref.num_molecules:,} QM9 training molecules (EDM split); "
                                          "bonds: EDM distance-table order > 0")
             if per_sample_csv is not None:
-                png = geometry.bond_length_png(Path(per_sample_csv).with_name("bond_lengths.png"), gen, ref,
+                png = geometry.bond_length_png(beside(per_sample_csv, "bond_lengths.png"), gen, ref,
                                                labels=("generated", "QM9 train"))
                 out["geometry/histogram_png"] = str(png)
         return out
