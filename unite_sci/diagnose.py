@@ -133,7 +133,7 @@ def run_diagnose(checkpoint: str, out: str | None = None, num: int = 300, seed: 
     draws; write report.json, report.md and diagnose.png into ``out`` when given."""
     from .engine import generate, load_model, provenance
     from .errors import UserError
-    from .files import atomic_write, writable_dir, write_json
+    from .files import writable_dir, write_json, write_text
 
     if num < 2:
         raise UserError(f"--num must be >= 2, got {num}")
@@ -158,8 +158,7 @@ def run_diagnose(checkpoint: str, out: str | None = None, num: int = 300, seed: 
                    "wall_s": round(time.time() - t0, 1), **provenance(loaded)})
     if folder is not None:
         write_json(report, folder / "report.json")
-        text = markdown(report)
-        atomic_write(folder / "report.md", lambda f: f.write(text), binary=False)
+        write_text(markdown(report), folder / "report.md")
         plot(report, folder / "diagnose.png")
     return report
 

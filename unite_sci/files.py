@@ -115,14 +115,18 @@ def json_ready(obj: Any) -> Any:
     return obj
 
 
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Atomic JSON write (indent 2, non-finite numbers as null, other objects as ``str``); UserError
-    naming the path when the folder cannot be written."""
-    text = json.dumps(json_ready(obj), indent=2, default=str)
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Atomic text write; UserError naming the path when the folder cannot be written."""
     try:
         return atomic_write(path, lambda f: f.write(text), binary=False)
     except OSError as e:
         raise UserError(f"cannot write '{path}': {e.strerror or e}") from None
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Atomic JSON write (indent 2, non-finite numbers as null, other objects as ``str``), as
+    :func:`write_text`."""
+    return write_text(json.dumps(json_ready(obj), indent=2, default=str), path)
 
 
 def beside(per_sample_csv: str | os.PathLike, name: str) -> Path:

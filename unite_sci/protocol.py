@@ -13,7 +13,7 @@ from typing import Any
 
 from .engine import generate, load_config, load_model, provenance, reconstruct, train
 from .config import to_yaml
-from .files import atomic_write, write_json
+from .files import write_json, write_text
 
 
 def run_protocol(modality: str, out: str | Path, budget_minutes: float | None = None,
@@ -75,7 +75,7 @@ def write_report(out: str | Path, title: str, sections: list[tuple[str, str]], d
     out = Path(out)
     text = f"# {title}\n\n" + "".join(f"## {h}\n\n{body.strip()}\n\n" for h, body in sections)
     write_json(data, out / "report.json")
-    return atomic_write(out / "report.md", lambda f: f.write(text), binary=False)
+    return write_text(text, out / "report.md")
 
 
 def training_speed(checkpoint: str) -> float | None:

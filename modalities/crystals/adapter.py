@@ -303,6 +303,8 @@ class CrystalAdapter(AdapterBase):
         stays); each atom then takes its most probable remaining element. A stray element that one atom
         barely prefers is dropped; an element the cell really holds keeps at least one atom's worth.
         """
+        if "types" in out:  # set by finish_samples (generated crystals, charge_balanced)
+            return out["types"]
         logits = out["type_logits"].float()
         if self.cfg.type_decode == "cell_vote":
             prob = logits.softmax(-1)  # (B, N, 100)
@@ -316,7 +318,7 @@ class CrystalAdapter(AdapterBase):
             allowed = comp > 0  # sigmoid > 0.5
             allowed |= F.one_hot(comp.argmax(-1), NUM_TYPES).bool()  # never an empty set
             logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
-        return out["types"] if "types" in out else logits.argmax(-1) + 1
+        return logits.argmax(-1) + 1
 
     def finish_samples(self, out: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
         """``type_decode=charge_balanced`` (generated crystals only): argmax types, then the opt-in SMACT

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
-from unite_sci.files import atomic_write
+from unite_sci.files import write_text
 from unite_sci.parallel import DEFAULT_START_METHOD, parallel_map
 from unite_sci.reduce import percent
 
@@ -237,8 +237,7 @@ def training_smiles(
                  desc="training SMILES", start_method=start_method, time_limit_s=time_limit_s)
     smiles = {s for s in found if s}
     if cache_path is not None:
-        text = "\n".join([header, *sorted(smiles)]) + "\n"
-        atomic_write(cache_path, lambda f: f.write(text), binary=False)  # a concurrent reader never sees half
+        write_text("\n".join([header, *sorted(smiles)]) + "\n", cache_path)  # atomic: a reader never sees half
     return smiles
 
 
