@@ -155,6 +155,57 @@ def test_decoder_noise_modes():
     assert torch.equal(model.decoder_noise(z, reg), z)  # training only
 
 
+@pytest.mark.parametrize("mode", ["interpolate", "additive"])
+def test_decoder_noise_variance_and_share_noised(mode):
+    # z = 1 everywhere; a noised sample's latents are t + (1 - t) eps with t ~ U[0.7, 1] (interpolate: variance
+    # Var(t) + E[(1 - t)^2] = 0.3^2 / 12 + 0.3^2 / 3 = 0.0375) or 1 + 0.7 eps (additive: variance 0.49);
+    # with prob = 0.5 half the samples are noised and the rest are returned untouched
+    adapter, cfg, _ = toy_setup("decoder_noise.prob=0.5", f"decoder_noise.mode={mode}")
+    model = Unite(adapter, cfg).train()
+    n, c = 8192, cfg.model.latent_dim
+    z = torch.ones(n, 1, c)
+    reg = model.registers(torch.ones(n, 1, dtype=torch.bool), n, z.device)
+    torch.manual_seed(0)
+    out = model.decoder_noise(z, reg)
+    noised = (out != z).flatten(1).any(1)  # (n,)
+    assert noised.float().mean().item() == pytest.approx(0.5, abs=0.03)  # binomial std 0.0055
+    assert torch.equal(out[~noised], z[~noised])
+    values = out[noised].flatten()
+    mean, var = (0.85, 0.0375) if mode == "interpolate" else (1.0, 0.49)
+    assert values.mean().item() == pytest.approx(mean, abs=0.02)
+    assert values.var().item() == pytest.approx(var, rel=0.08)
+
+
+def test_flow_loss_is_the_sum_of_k_separately_computed_passes(monkeypatch):
+    # each pass's loss recomputed here from that pass's denoiser inputs and output with the loss formula
+    # mean((x1 - x1_hat)^2 / max(1 - t, 0.05)^2): the step's flow loss is their sum, not their mean
+    adapter, cfg, batch = toy_setup("flow.flow_batches=3", "flow.self_condition=0")
+    model = Unite(adapter, cfg)
+    seen, orig = [], model.denoiser.denoise
+
+    def spy(x_t, t, y, regs, **kw):
+        out = orig(x_t, t, y, regs, **kw)
+        seen.append((t.detach().clone(), out.detach().clone()))
+        return out
+
+    z0 = {}
+    encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda b, r=None: z0.setdefault("z", encode(b, r)))
+    model.denoiser.denoise = spy
+    torch.manual_seed(0)
+    loss, logs = model(batch)
+    x1, mask = z0["z"].detach(), None
+    mask = model.registers(batch.mask, x1.shape[0], x1.device).mask  # (B, K)
+    per_pass = []
+    for t, x1_hat in seen:
+        w = (1 - t).clamp_min(cfg.flow.clamp).pow(-2)[:, None, None]
+        err = ((x1 - x1_hat) ** 2 * w * mask[..., None]).sum((1, 2)) / (mask.sum(1) * x1.shape[-1])
+        per_pass.append(err.mean().item())
+    assert len(per_pass) == 3 and len({round(v, 6) for v in per_pass}) == 3  # three different passes
+    assert logs["flow"].item() == pytest.approx(sum(per_pass), rel=1e-5)
+    assert loss.item() == pytest.approx(logs["rec"].item() + sum(per_pass), rel=1e-5)
+
+
 def test_resolve_arch_overrides_preset():
     _, cfg, _ = toy_setup("model.depth=3")
     arch = resolve_arch(cfg)
