@@ -20,12 +20,11 @@ import torch
 
 from .adapter import Adapter, available, default_config_source, get_adapter_class, unknown_modality
 from .checkpoint import load_checkpoint
-from .conditions import Cond
-from .config import RunConfig, SampleConfig, build_config, from_yaml, to_yaml
+from .config import RunConfig, build_config, from_yaml, to_yaml
 from .errors import UserError
 from .files import file_hash, writable_dir, write_json
+from .generation import generate, reconstruct, reconstruct_items  # noqa: F401  (re-exported: one import for callers)
 from .model import CPU_PRESETS
-from .sampling import sample_latents
 from .trainer import Trainer, resolve_device
 from .unite import Unite, resolve_arch
 
@@ -115,91 +114,6 @@ def load_model(checkpoint: str | Path, device: str = "auto", use_ema: bool | Non
     return LoadedModel(model=model.to(resolve_device(device)).eval(), adapter=adapter, cfg=cfg,
                        checkpoint=str(checkpoint), checkpoint_sha256=file_hash(checkpoint)[:16],
                        train_steps=state["step"], train_wall_s=round(state["elapsed"], 1), ema=use_ema)
-
-
-@torch.no_grad()
-def generate(model: Unite, adapter: Adapter, scfg: SampleConfig, num: int | None = None,
-             cond: torch.Tensor | None = None, progress: bool = True, given: dict[str, Any] | None = None,
-             conds: dict[str, torch.Tensor] | None = None, sizes: torch.Tensor | None = None,
-             ) -> tuple[list[Any], dict[str, Any]]:
-    """Sample ``num`` domain objects; returns them and the sampling settings and speed.
-
-    ``cond``: class labels (num,). Structured conditions (an adapter with ``condition_specs``): ``given``
-    fixes some by name in the user's units and the adapter draws the rest from the training data, or
-    ``conds`` gives them ready-made (num rows, with the element counts ``sizes`` they imply)."""
-    from tqdm import tqdm
-
-    num = num or scfg.num
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(scfg.seed)
-    if cond is None:  # class-balanced labels for conditional data, null otherwise
-        cond = (torch.arange(num) % adapter.num_classes if adapter.num_classes
-                else torch.full((num,), model.encoder.null_class))
-    if conds is None:
-        draw = getattr(adapter, "draw_conditions", None)
-        conds, sizes = draw(num, gen, dict(given or {})) if draw is not None else ({}, None)
-    if sizes is None:
-        sizes = adapter.sample_sizes(num, gen)
-    shift = model.cfg.flow.shift if scfg.shift is None else scfg.shift
-    out: list[Any] = []
-    nfe_total, t0 = 0, time.time()
-    for lo in tqdm(range(0, num, scfg.batch_size), desc="sample", disable=not progress, dynamic_ncols=True):
-        hi = min(lo + scfg.batch_size, num)
-        mask = adapter.layout.mask_from_sizes(sizes[lo:hi]) if sizes is not None else None
-        k = mask.shape[1] + adapter.layout.extra if mask is not None else adapter.layout.count
-        noise = scfg.temperature * torch.randn(hi - lo, k, model.cfg.model.latent_dim, generator=gen).to(device)
-        mask = mask.to(device) if mask is not None else None
-        rows = Cond(cond[lo:hi], {k: v[lo:hi] for k, v in conds.items()}).to(device)
-        regs = model.registers(mask, hi - lo, device, rows.extra)
-
-        def denoise(x, t, c, sc=None, r=regs):  # guidance doubles the batch: repeat the registers with it
-            return model.denoiser.denoise(x, t, c.label, r.repeat(x.shape[0] // r.mask.shape[0]), self_cond=sc,
-                                          conds=c.extra)
-
-        z, nfe = sample_latents(denoise, noise, cond=rows, null=model.encoder.null_class,
-                                solver=scfg.solver, steps=scfg.steps, shift=shift, clamp=model.cfg.flow.clamp,
-                                cfg=scfg.cfg, cfg_interval=tuple(scfg.cfg_interval), atol=scfg.atol,
-                                rtol=scfg.rtol, self_condition=model.cfg.flow.self_condition > 0,
-                                final_euler=scfg.final_euler)
-        nfe_total += nfe
-        dec = model.decode(z, mask, regs)
-        if rows.extra:
-            dec = adapter.apply_conditions(dec, rows.extra, mask)
-        finish = getattr(adapter, "finish_samples", None)  # optional (AdapterBase): a generation-only repair
-        out.extend(adapter.to_domain(finish(dec, mask) if finish is not None else dec, mask))
-    wall = time.time() - t0
-    info = {"num_samples": num, "solver": scfg.solver, "steps": scfg.steps, "final_euler": scfg.final_euler,
-            "temperature": scfg.temperature,
-            "time_shift": shift, "cfg_scale": scfg.cfg,
-            "cfg_interval": list(scfg.cfg_interval), "seed": scfg.seed, "nfe_per_batch": nfe_total /
-            max(1, -(-num // scfg.batch_size)), "sampling_wall_s": round(wall, 2),
-            "samples_per_s": round(num / max(wall, 1e-9), 2)}
-    return out, info
-
-
-@torch.no_grad()
-def reconstruct(model: Unite, adapter: Adapter, split: str = "test", num: int = 1000,
-                batch_size: int = 256, progress: bool = True) -> tuple[list[Any], list[Any]]:
-    """Encode -> decode ``num`` items of a split (no decoder noise); inputs and reconstructions."""
-    data = adapter.build_splits()[split]
-    return reconstruct_items(model, adapter, [data[i] for i in range(min(num, len(data)))], batch_size, progress)
-
-
-@torch.no_grad()
-def reconstruct_items(model: Unite, adapter: Adapter, items: list[Any], batch_size: int = 256,
-                      progress: bool = True) -> tuple[list[Any], list[Any]]:
-    """Encode -> decode data set items (no decoder noise); inputs and reconstructions as domain objects."""
-    from tqdm import tqdm
-
-    device = next(model.parameters()).device
-    inputs, recons = [], []
-    for lo in tqdm(range(0, len(items), batch_size), desc="reconstruct", disable=not progress, dynamic_ncols=True):
-        batch = adapter.collate(items[lo:lo + batch_size])
-        inputs.extend(adapter.batch_to_domain(batch))
-        batch = batch.to(device)
-        regs = model.registers(batch.mask, len(batch), device, batch.conds)
-        recons.extend(adapter.to_domain(model.decode(model.encode(batch, regs), batch.mask, regs), batch.mask))
-    return inputs, recons
 
 
 def provenance(loaded: LoadedModel | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import torch
 from .adapter import Batch, get_adapter_class, missing_members
 from .config import RunConfig, build_config
 from .config import SampleConfig
-from .engine import generate
+from .generation import generate
 from .unite import Unite
 
 TINY = ["model.preset=tiny", "model.depth=2", "model.width=64", "model.heads=2", "model.dec_depth=1",

@@ -36,6 +36,7 @@ from .adapter import Adapter, Batch, class_path, has_quick_metrics
 from .checkpoint import latest_complete, save_checkpoint
 from .config import RunConfig, to_yaml
 from .errors import Interrupted, UserError
+from .generation import generate
 from .optim import EMA, FiniteGuard, build_optimizers, lr_at
 from .plots import plot_losses
 from .stopping import StopSignals, signal_name
@@ -325,8 +326,6 @@ class Trainer:
         Only rank 0 samples while the others wait at a barrier, so every rank adds the same wall time to
         ``elapsed``: sampling time counts toward ``train.budget_minutes``.
         """
-        from .engine import generate  # engine imports this module
-
         t, t0, out = self.cfg.train, time.time(), {}
         if self.rank == 0:
             s = self.cfg.sample
