@@ -93,6 +93,12 @@ def test_lr_warmup_then_cosine():
     assert lr_at(0.0, 9, 1.0, o) == pytest.approx(1.0)
     assert lr_at(0.5, 50, 1.0, o) == pytest.approx(0.5)
     assert lr_at(1.0, 100, 1.0, o) == pytest.approx(0.0)
+    # min_lr > 0 and progress 0.25, where cosine and a linear decay differ: lr = m + (b - m)(1 + cos(pi p)) / 2
+    o = OptimConfig(lr=2.0, warmup_steps=10, min_lr=0.2)
+    assert lr_at(0.25, 40, 2.0, o) == pytest.approx(0.2 + 1.8 * (1 + 2 ** -0.5) / 2)  # 1.7364
+    assert lr_at(0.75, 90, 2.0, o) == pytest.approx(0.2 + 1.8 * (1 - 2 ** -0.5) / 2)  # 0.4636
+    assert lr_at(1.0, 120, 2.0, o) == pytest.approx(0.2)
+    assert lr_at(0.0, 4, 2.0, o) == pytest.approx(1.0)  # warmup: base (step + 1) / warmup_steps
 
 
 def test_ema_update_formula():
