@@ -74,6 +74,29 @@ def test_fixed_layout_slots_predict_no_atom_past_the_molecule():
     assert out["type_logits"].shape == (8, 32, 6)
 
 
+
+def test_fixed_layout_cross_entropy_targets_no_atom_past_the_molecule():
+    # the targets built here from the molecules' atomic numbers: slot i < n holds atom i's element, every
+    # slot from n to K says "no atom" (class 5); logits of 50 on the target give CE ~ 0, and logits of 50 on
+    # hydrogen in the empty slots cost 50 per empty slot, averaged per molecule over all K slots
+    a, _, batch = adapter("data.registers=fixed", "data.num_registers=32")
+    k, mols = 32, a.build_splits()["train"].mols
+    n = batch.mask.sum(1)  # (8,) atoms per molecule
+    target = torch.full((8, k), 5)
+    for i in range(8):
+        target[i, :n[i]] = torch.as_tensor([a.elements.index(int(z)) for z in mols.z[i]])
+    pos = torch.zeros(8, k, 3)
+    pos[:, :batch.mask.shape[1]] = batch.data["pos"]
+    right = torch.nn.functional.one_hot(target, 6).float() * 50
+    _, parts = a.reconstruction_loss({"type_logits": right, "pos": pos}, batch)
+    assert parts["type_ce"] < 1e-6 and parts["coord_mse"] == 0
+    wrong = right.clone()
+    empty = torch.arange(k)[None] >= n[:, None]  # (8, K)
+    wrong[empty] = torch.nn.functional.one_hot(torch.zeros(int(empty.sum()), dtype=torch.long), 6).float() * 50
+    _, parts = a.reconstruction_loss({"type_logits": wrong, "pos": pos}, batch)
+    expected = (50 * (k - n) / k).float().mean().item()
+    assert float(parts["type_ce"]) == pytest.approx(expected, rel=1e-4)
+
 def test_cli_train_sample_evaluate(tmp_path):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     run = lambda *a: subprocess.run([sys.executable, "-m", "unite_sci.cli", *map(str, a)], env=env,  # noqa: E731
