@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
                                       "the modality's own)")
     e.add_argument("overrides", nargs="*", help="data.key=value settings of the modality (default: none)")
 
+    cf = command("config", "print the resolved run config (schema defaults <- the modality's YAML <- --config "
+                           "<- overrides) with every key, as `train` would use it")
+    cf.add_argument("--modality", required=True, help=f"whose config, one of: {modalities}")
+    cf.add_argument("--config", help="YAML file merged over the modality's default config (default: none)")
+    cf.add_argument("overrides", nargs="*", help="key=value config overrides (default: none)")
+
     b = command("benchmark", "train for a budget (or load), sample, evaluate, report")
     b.add_argument("name", help="a benchmark (see `unite-sci list`) or a modality")
     b.add_argument("--budget-minutes", type=float, help="training budget (default: the benchmark's own)")
@@ -113,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     dg.add_argument("--ode-steps", type=int, default=10, help="Heun steps of each ODE from t0 (default: 10)")
     dg.add_argument("--seed", type=int, default=0, help="noise and register seed (default: 0)")
 
-    for command in (sub.choices["list"], t, s, e, b, enc, rec, pr, dg):
+    for command in (sub.choices["list"], t, s, e, cf, b, enc, rec, pr, dg):
         command.add_argument("--adapter", action="append", default=[], metavar="PACKAGE.MODULE:CLASS",
                              help="register this adapter class (importable from sys.path or the current "
                                   "folder; nothing installed); repeatable. Also: $UNITE_SCI_ADAPTERS")
@@ -165,6 +171,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     writable_dir(cfg.out, "run folder")  # before the data is built or a step is taken
     summary = train(cfg, resume=args.resume)
     print(json.dumps(summary, indent=2))
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    from .config import to_yaml
+    from .engine import load_config
+
+    # out as `train` sets it without --out; an out= override still wins
+    cfg = load_config(args.modality, args.config, [f"out={os.path.join('runs', args.modality)}", *args.overrides])
+    print(to_yaml(cfg), end="")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -285,11 +300,14 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     print(markdown(report))
 
 
-COMMANDS = {"diagnose": cmd_diagnose, "list": cmd_list, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-            "benchmark": cmd_benchmark, "encode": cmd_encode, "reconstruct": cmd_reconstruct, "probe": cmd_probe}
+COMMANDS = {"diagnose": cmd_diagnose, "list": cmd_list, "train": cmd_train, "sample": cmd_sample,
+            "evaluate": cmd_evaluate, "config": cmd_config, "benchmark": cmd_benchmark, "encode": cmd_encode,
+            "reconstruct": cmd_reconstruct, "probe": cmd_probe}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as ``main`` reads it, without running anything (the docs check parses every
+    documented command with it). A malformed line exits with status 2 and argparse's usage message."""
     parser = _parser()
     # key=value overrides may come before or after options: collect the leftovers here
     args, extra = parser.parse_known_args(argv)
@@ -298,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from .errors import Interrupted, UserError
 
     # Libraries' deprecation notices about their own internals (torch.jit.script inside lpips and
