@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,24 @@ def test_wasserstein_closed_form():
 
 
 def test_coverage_with_matminer(real):
+    # generated: crystals 0-2 and one unreadable entry; reference: crystals 1-4. Crystals 1 and 2 are in both
+    # (distance 0); the five are different compounds, beyond MP-20's cutoffs of each other, so COV-R = 2 of 4
+    # reference crystals and COV-P = 2 of 4 generated entries (the unreadable one counts, as in CDVAE)
     pytest.importorskip("matminer")
-    r = M.evaluate_generation(real[:4], reference=real[:4], coverage=True, protocol=P, progress=False)
-    assert r[f"{P}/cov_recall_pct"] == 100.0 and r[f"{P}/wdist_density"] >= 0
+    from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
+    from scipy.stats import wasserstein_distance
+    gen, ref = real[:3] + ["not a crystal"], real[1:5]
+    r = M.evaluate_generation(gen, reference=ref, coverage=True, protocol=P, progress=False)
+    assert r[f"{P}/cov_recall_pct"] == 50.0 and r[f"{P}/cov_precision_pct"] == 50.0
+    # W1 of the densities (g/cm^3) of the three valid generated crystals and the reference
+    dens = lambda xs: [s.density for s in xs]  # noqa: E731
+    assert r[f"{P}/wdist_density"] == pytest.approx(wasserstein_distance(dens(real[:3]), dens(ref)), rel=1e-9)
+    assert r[f"{P}/wdist_density"] > 1.0
+    # mean minimum structure distance per reference crystal, from matminer's fingerprints taken here
+    site = CrystalNNFingerprint.from_preset("ops")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CrystalNN warns about missing oxidation states
+        fp = np.array([np.mean([site.featurize(s, i) for i in range(len(s))], axis=0) for s in real[:5]])
+    d = np.linalg.norm(fp[:3, None] - fp[None, 1:5], axis=-1)  # (3 generated, 4 reference)
+    assert r[f"{P}/amsd_recall"] == pytest.approx(d.min(0).mean(), rel=1e-6) and d.min(0).mean() > 0.05
+    assert r[f"{P}/amsd_precision"] == pytest.approx(d.min(1).mean(), rel=1e-6)
