@@ -163,7 +163,7 @@ def test_grad_clip_zero_means_no_clipping(tmp_path):
 def _wait_for_a_step(proc: subprocess.Popen, metrics: Path, timeout: float = 240) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and '"step"' in metrics.read_text():
+        if metrics.is_file() and '"loss"' in metrics.read_text():  # a trained step, not the step-0 row
             return
         time.sleep(0.05)
     raise AssertionError(f"no step logged (rc {proc.poll()})")

@@ -150,6 +150,8 @@ class TrainConfig:
                                         # adapter's quick_metrics (rank 0; counts toward budget_minutes)
     sample_num: int = positive(200)     # samples per such check
     sample_steps: int = non_negative(0)  # solver steps of those samples; 0: sample.steps
+    tensorboard: bool = True            # also write TensorBoard events to <out>/tb/ (scalars, sample metrics
+                                        # and pictures); metrics.jsonl and train.log are always written
 
 
 @dataclass

@@ -84,7 +84,8 @@ def training_speed(checkpoint: str) -> float | None:
     if not path.is_file():
         return None
     rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    rates = [r["samples_per_s"] for r in rows[1:] or rows if "samples_per_s" in r]  # row 0 holds warm-up
+    rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r]
+    rates = rates[1:] or rates  # the first logged rate holds warm-up
     return round(sum(rates) / len(rates), 1) if rates else None
 
 

@@ -10,8 +10,12 @@ SIGINT / SIGTERM: the current step finishes, a checkpoint is written and the run
 
 Sample quality during training: every ``train.sample_every`` steps rank 0 generates ``train.sample_num``
 samples with the EMA weights and logs the adapter's ``quick_metrics`` as a ``sample/*`` row of
-metrics.jsonl (plotted beside the losses in loss.png). The hook leaves weights, modes and every RNG stream
+metrics.jsonl (plotted beside the losses in loss.png; with ``train.tensorboard`` the pictures its export draws
+go to TensorBoard too). The hook leaves weights, modes and every RNG stream
 as it found them, so it changes no trained weight; its wall time counts toward ``train.budget_minutes``.
+
+Data preparation (``build_splits``: parsing, caches, reference sets) happens before the clock starts and is
+recorded as ``data_prep_s`` in the step-0 row of metrics.jsonl and in the summary ``fit`` returns.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from .errors import Interrupted, UserError
 from .generation import generate
 from .optim import EMA, FiniteGuard, build_optimizers, lr_at
 from .plots import plot_losses
+from .runlog import RunLog
 from .stopping import StopSignals, signal_name
 from .unite import Phase, Unite
 
@@ -143,7 +148,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- the loop
 class Trainer:
-    """Trains one run folder: ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``loss.png``."""
+    """Trains one run folder: ``config.yaml``, ``metrics.jsonl`` (its first row at step 0), ``train.log``,
+    ``tb/`` (TensorBoard, see :mod:`unite_sci.runlog`), ``checkpoints/``, ``loss.png``."""
 
     def __init__(self, cfg: RunConfig, adapter: Adapter, out_dir: Path):
         self.cfg, self.adapter, self.out = cfg, adapter, Path(out_dir)
@@ -157,7 +163,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.rank, self.world = init_distributed(self.device)
         torch.manual_seed(t.seed)
+        t0 = time.time()
         self.splits = adapter.build_splits()
+        self.data_prep_s = round(time.time() - t0, 2)  # data set parsing and caches: never counted in elapsed
         self.model = Unite(adapter, cfg).to(self.device)
         self.model.shard = (self.rank, self.world)
         self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
@@ -167,6 +175,7 @@ class Trainer:
         self.guard = FiniteGuard(self.device, t.max_nonfinite)
         self.resumed_from: str | None = None  # the checkpoint file :meth:`resume` loaded
         self._sampling = has_quick_metrics(adapter)
+        self.runlog: RunLog | None = None  # rank 0's metrics.jsonl / train.log / tb/, open while fitting
         if t.sample_every and not self._sampling and self.rank == 0:
             warnings.warn(f"train.sample_every is set, but the {adapter.name!r} adapter has no quick_metrics: "
                           "no samples are drawn during training", stacklevel=2)
@@ -345,6 +354,8 @@ class Trainer:
                         p.copy_(raw[k])
                     self.model.train(was_training)
                 metrics = self.adapter.quick_metrics(samples)
+                if self.runlog is not None:
+                    self.runlog.pictures(self.adapter, samples, self.step)
             set_rng_state(saved)
             out = {f"sample/{k}": round(float(v), 4) for k, v in metrics.items()}
         if self.world > 1:
@@ -386,8 +397,6 @@ class Trainer:
             print(f"resumed from step {self.step} ({self.resumed_from})" if resumed else
                   f"nothing to resume: no complete checkpoint in '{self.out / 'checkpoints'}'; "
                   "starting from step 0", file=sys.stderr, flush=True)
-        if not resumed and self.rank == 0:
-            (self.out / "metrics.jsonl").write_text("")
         # A budget run counts seconds (total and ETA known); a step-limited run counts steps.
         timed = bool(t.budget_minutes) and not t.max_steps
         bar = tqdm(total=round(60 * t.budget_minutes) if timed else (t.max_steps or None),
@@ -399,7 +408,12 @@ class Trainer:
         last_path = Path(self.resumed_from) if resumed else None
         window_t, window_n = time.time(), 0
         loader = iter(self._loader())
-        log = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
+        log = self.runlog = (RunLog(self.out, t.tensorboard, self.step if resumed else None)
+                             if self.rank == 0 else None)
+        if log and not resumed:  # a first row at once: what the run is, and how long its data took
+            log.write({"step": 0, "phase": self.phase, "elapsed_s": 0.0, "data_prep_s": self.data_prep_s,
+                       "parameters": sum(p.numel() for p in self.model.parameters()),
+                       "batch_size": t.batch_size, "world_size": self.world})
         try:
             while not self._done():
                 signum = self._stop_requested(stop)
@@ -431,15 +445,13 @@ class Trainer:
                     bar.set_postfix(step=self.step, loss=f"{logs['loss']:.4f}", rec=f"{logs.get('rec', 0):.4f}",
                                     flow=f"{logs.get('flow', 0):.4f}", sps=f"{rate:.0f}")
                     if log:
-                        log.write(json.dumps(row) + "\n")
-                        log.flush()
+                        log.write(row)
                 if self._sample_due():
                     quality = self.sample_quality()
                     window_t = time.time()  # samples_per_s stays a training rate
                     if log and quality:
-                        row = {"step": self.step, "phase": self.phase, "elapsed_s": round(self.elapsed, 2), **quality}
-                        log.write(json.dumps(row) + "\n")
-                        log.flush()
+                        log.write({"step": self.step, "phase": self.phase, "elapsed_s": round(self.elapsed, 2),
+                                   **quality})
                 due = (self.step - last_ckpt_step >= t.ckpt_every
                        or time.time() - last_ckpt_time >= 60 * t.ckpt_every_minutes)
                 if due and not self._done():
@@ -449,10 +461,12 @@ class Trainer:
             bar.close()
             if log:
                 log.close()
+            self.runlog = None
         path = self.save()
         if self.rank == 0:
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
-        return {"steps": self.step, "elapsed_s": self.elapsed, "skipped_steps": self.guard.check(),
+        return {"steps": self.step, "elapsed_s": self.elapsed, "data_prep_s": self.data_prep_s,
+                "skipped_steps": self.guard.check(),
                 "checkpoint": str(path), "device": str(self.device), "world_size": self.world}
 
     def _stop_requested(self, stop: StopSignals) -> int:
