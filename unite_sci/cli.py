@@ -119,7 +119,18 @@ def _parser() -> argparse.ArgumentParser:
     dg.add_argument("--ode-steps", type=int, default=10, help="Heun steps of each ODE from t0 (default: 10)")
     dg.add_argument("--seed", type=int, default=0, help="noise and register seed (default: 0)")
 
-    for command in (sub.choices["list"], t, s, e, cf, b, enc, rec, pr, dg):
+    an = command("analyze", "pathway analysis (the paper's Fig. 6, 7 and weight entropy): per-layer CKA and "
+                            "cosine of tokenization vs denoising activations, decoded one-shot predictions "
+                            "against t, weight entropy against a fresh network")
+    an.add_argument("--checkpoint", required=True, help="a .pt file written by `unite-sci train`")
+    an.add_argument("--out", default=os.path.join("runs", "analyze"),
+                    help="folder for the CSVs, analyze.png, report.json and report.md (default: runs/analyze)")
+    an.add_argument("--num", type=int, default=300, help="test items (default: 300)")
+    an.add_argument("--seed", type=int, default=0, help="noise, register and fresh-network seed (default: 0)")
+    an.add_argument("overrides", nargs="*", help="data.key=value settings of the checkpoint's modality, e.g. "
+                                                 "data.fid=false (default: none)")
+
+    for command in (sub.choices["list"], t, s, e, cf, b, enc, rec, pr, dg, an):
         command.add_argument("--adapter", action="append", default=[], metavar="PACKAGE.MODULE:CLASS",
                              help="register this adapter class (importable from sys.path or the current "
                                   "folder; nothing installed); repeatable. Also: $UNITE_SCI_ADAPTERS")
@@ -300,7 +311,16 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     print(markdown(report))
 
 
-COMMANDS = {"diagnose": cmd_diagnose, "list": cmd_list, "train": cmd_train, "sample": cmd_sample,
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from .analyze import markdown, run_analyze
+
+    report = run_analyze(args.checkpoint, args.out, args.num, args.seed, overrides=args.overrides)
+    print(markdown(report))
+    print(f"written: {args.out}")
+
+
+COMMANDS = {"analyze": cmd_analyze,
+            "diagnose": cmd_diagnose, "list": cmd_list, "train": cmd_train, "sample": cmd_sample,
             "evaluate": cmd_evaluate, "config": cmd_config, "benchmark": cmd_benchmark, "encode": cmd_encode,
             "reconstruct": cmd_reconstruct, "probe": cmd_probe}
 
