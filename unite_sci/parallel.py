@@ -9,21 +9,27 @@ Workers start with ``spawn`` by default: forking a parent that already runs torc
 deadlock. Callers keep worker functions at module level (picklable), in modules that do not import torch
 (each spawned worker would otherwise pay about 1.7 s and 0.9 GB to import it).
 
+A script without an ``if __name__ == "__main__":`` guard cannot use a spawn pool: every worker re-runs the
+script's top level while it starts (the multiprocessing "bootstrapping phase" error, once per worker). Such a
+caller gets the serial path instead, with one line saying why (:func:`main_reimport_problem`).
+
 Worker counts follow one rule, :func:`resolve_workers`: ``None`` or ``0`` = every CPU this process may
 use, ``n >= 1`` = n processes, 1 = in this process.
 """
 from __future__ import annotations
 
+import ast
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
@@ -51,6 +57,47 @@ def resolve_workers(n: int | None) -> int:
     if n < 0:
         raise ValueError(f"workers must be >= 0 (0 or None = all CPUs), got {n}")
     return int(n)
+
+
+def main_reimport_problem(start_method: str = DEFAULT_START_METHOD) -> str | None:
+    """Why worker processes started with ``start_method`` could not start here, or None when they can.
+
+    ``spawn`` and ``forkserver`` workers re-import the parent's ``__main__`` from its file. That is harmless
+    for ``python -c``, notebooks and the console scripts (no file, or a guarded one) and fatal for a plain
+    script whose top level does the work: each worker would run it again and fail in the middle of its
+    start. The rule here: a ``__main__`` read from a file must hold a top-level ``if __name__ == ...``
+    block, and the file must be readable (a script piped on stdin is not).
+    """
+    if start_method == "fork":
+        return None
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or getattr(sys.flags, "interactive", 0):
+        return None
+    return _unguarded(os.path.abspath(path))
+
+
+@lru_cache(maxsize=8)
+def _unguarded(path: str) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, ValueError):
+        return f"the main script '{path}' cannot be read again by worker processes"
+    for node in tree.body:
+        if isinstance(node, ast.If) and "__name__" in {n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)}:
+            return None
+    return (f"the script '{os.path.basename(path)}' has no `if __name__ == \"__main__\":` guard, which worker "
+            "processes need; add one to use every CPU")
+
+
+_told: set[str] = set()  # reasons already printed by this process
+
+
+def _say_once(reason: str) -> None:
+    if reason not in _told:
+        _told.add(reason)
+        print(f"unite-sci: running in one process: {reason}", file=sys.stderr, flush=True)
 
 
 class ItemTimeout(BaseException):
@@ -144,6 +191,10 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int | 
     n = len(items)
     bar = dict(total=n, desc=desc, disable=not progress or n == 0, leave=False, mininterval=1.0)
     if workers <= 1 or n < 2 * workers:
+        return [limited(x) for x in tqdm(items, **bar)]
+    problem = main_reimport_problem(start_method)
+    if problem:
+        _say_once(problem)
         return [limited(x) for x in tqdm(items, **bar)]
     if chunksize is None:
         # Small chunks balance the load (items differ 100x in cost); bigger ones cut pickling overhead.
