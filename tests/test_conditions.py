@@ -136,9 +136,15 @@ def test_qm9_property_conditions_normalise_draw_and_refuse_bad_values():
     want = (7000.0 - a.properties.mean[0]) / a.properties.std[0]
     assert np.allclose(conds[SCALARS][:, 0].numpy(), want, atol=1e-4)
     assert set(sizes.tolist()) <= set(train.mols.n_atoms.tolist())
-    for bad, msg in [({"homo": 1}, "unknown condition"), ({"gap": "x"}, "must be a number")]:
+    gap = a.properties.raw(train.mols)[:, 0]  # meV, straight from the property table
+    lo, hi = gap.min(), gap.max()
+    for bad, msg in [({"homo": 1}, "unknown condition"), ({"gap": "x"}, "must be a number"),
+                     ({"gap": "nan"}, "outside the range"), ({"gap": "inf"}, "outside the range"),
+                     ({"gap": -1e9}, f"outside the range this model was trained on: {lo:.6g} to {hi:.6g} meV"),
+                     ({"gap": hi + 0.11 * (hi - lo)}, "outside the range")]:
         with pytest.raises(UserError, match=msg):
             a.draw_conditions(2, torch.Generator(), bad)
+    a.draw_conditions(2, torch.Generator(), {"gap": hi + 0.09 * (hi - lo)})  # within the 10 % margin
     full = a.molecules("train")
     ha, hb = train_half(full, "a"), train_half(full, "b")
     assert not set(ha.index) & set(hb.index) and len(ha) + len(hb) == len(full)
@@ -191,7 +197,8 @@ def test_a_composition_condition_fixes_the_composition(crystal_model):
 def test_crystal_conditions_refuse_bad_input(crystal_model):
     adapter = crystal_model[0]
     g = torch.Generator()
-    for given, msg in [({"composition": "Xx2"}, "not a chemical element"), ({"chemsys": "Li-Qq"}, "not a valid"),
+    for given, msg in [({"composition": "Xx2O3"}, "^composition 'Xx2O3': 'Xx' is not a chemical element$"),
+                       ({"chemsys": "Li-Qq"}, "^chemsys 'Li-Qq': 'Qq' is not a chemical element$"),
                        ({"composition": "Li0.5O"}, "whole numbers"), ({"composition": "Li30O30"}, "atoms"),
                        ({"composition": "LiO", "chemsys": "Li-O"}, "not both"), ({"spacegroup": 1}, "unknown")]:
         with pytest.raises(UserError, match=msg):
@@ -221,3 +228,26 @@ def test_condition_token_tables_start_as_small_as_the_label_table():
     w = ge.conditions.tokens["tok"].embed.weight
     assert abs(w.std().item() - 0.02) < 0.005
 
+
+
+def test_a_scalar_condition_must_be_finite_and_near_the_training_range():
+    from unite_sci.conditions import RANGE_MARGIN, scalar_value
+
+    assert scalar_value("t", "2.5", (0.0, 10.0)) == 2.5
+    assert scalar_value("t", 10 + RANGE_MARGIN * 10, (0.0, 10.0), "K") == 11.0  # the edge of the margin
+    for bad in ("nan", float("inf"), "-inf", -1.0001, 11.001, -1e9):
+        with pytest.raises(UserError, match=r"^t=\S+ is outside the range this model was trained on: 0 to 10 K"):
+            scalar_value("t", bad, (0.0, 10.0), "K")
+    with pytest.raises(UserError, match="^t must be a number \\(K\\), got 'x'$"):
+        scalar_value("t", "x", (0.0, 10.0), "K")
+
+
+def test_a_batch_without_labels_is_refused_in_one_line(tmp_path, monkeypatch):
+    from test_trainer import make_trainer
+
+    with pytest.raises(UserError, match=r"^the adapter's batch has cond=NoneType, not a \(B,\) long tensor"):
+        Batch({"x": torch.zeros(2, 3)}, None, None)
+    plain = ToyAdapter.collate
+    monkeypatch.setattr(ToyAdapter, "collate", lambda self, items: Batch(plain(self, items).data, None, None))
+    with pytest.raises(UserError, match="adapter.null_cond"):  # in training too, before any .to(device)
+        make_trainer(tmp_path, "train.max_steps=1").fit()

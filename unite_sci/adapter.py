@@ -49,6 +49,12 @@ class Batch:
     cond: Tensor
     conds: dict[str, Tensor] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # an adapter author's slip would otherwise surface steps later as "'NoneType' has no attribute 'to'"
+        if not isinstance(self.cond, Tensor):
+            raise UserError(f"the adapter's batch has cond={type(self.cond).__name__}, not a (B,) long tensor of "
+                            "class labels; unconditional data give the null label: adapter.null_cond(B)")
+
     def __len__(self) -> int:
         return int(self.cond.shape[0])
 

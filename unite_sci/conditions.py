@@ -17,13 +17,37 @@ shared position, a set) and its mean embedding enters ``c``; it is dropped as a 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .errors import UserError
+
 SCALARS = "scalars"  # the key of the (B, P) scalar tensor in Batch.conds
 KINDS = ("scalar", "tokens")
+RANGE_MARGIN = 0.1  # a given scalar may lie this share of the training range's width beyond either end
+
+
+def scalar_value(name: str, value: Any, train_range: tuple[float, float], unit: str = "") -> float:
+    """A user's value for scalar condition ``name`` as a float, in the training data's units.
+
+    UserError (one line, naming the training range) for a non-number, NaN or infinity, or a value more
+    than ``RANGE_MARGIN`` of the range's width beyond the values the model was trained on: a network
+    conditioned far outside its data returns noise, not an extrapolation."""
+    u = f" {unit}" if unit else ""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number{f' ({unit})' if unit else ''}, got {value!r}") from None
+    lo, hi = float(train_range[0]), float(train_range[1])
+    pad = RANGE_MARGIN * (hi - lo)
+    if not math.isfinite(x) or not lo - pad <= x <= hi + pad:
+        raise UserError(f"{name}={value} is outside the range this model was trained on: {lo:.6g} to {hi:.6g}{u} "
+                        f"(values up to {RANGE_MARGIN:.0%} of its width beyond it are accepted)")
+    return x
 
 
 @dataclass(frozen=True)

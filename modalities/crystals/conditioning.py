@@ -13,6 +13,7 @@ Conditions not given at sampling are drawn together from a training crystal.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import numpy as np
@@ -30,6 +31,9 @@ def parse_elements(text: str, what: str) -> list[int]:
     from pymatgen.core import Composition, Element
 
     text = str(text).strip()
+    for symbol in re.findall(r"[A-Z][a-z]*", text):  # before pymatgen, which reads 'Xx' as a dummy 'Xx0+'
+        if not Element.is_valid_symbol(symbol):
+            raise UserError(f"{what} {text!r}: {symbol!r} is not a chemical element")
     try:
         if what == "chemsys":
             zs = sorted({Element(s.strip()).Z for s in text.replace(",", "-").split("-") if s.strip()})

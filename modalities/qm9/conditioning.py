@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unite_sci.conditions import SCALARS, ConditionSpec
+from unite_sci.conditions import SCALARS, ConditionSpec, scalar_value
 from unite_sci.errors import ConfigError, UserError
 
 from . import data as qdata
@@ -81,12 +81,10 @@ class PropertyConditions:
             raise UserError("this model has no property statistics (train it with data.condition_on)")
         idx = torch.randint(len(self.pool_sizes), (num,), generator=gen).numpy()
         values = self.pool_values[idx].copy()
+        trained = self.to_units(self.pool_values)  # (n, P) in EDM's units
         for name, v in given.items():
-            try:
-                x = float(v)
-            except (TypeError, ValueError):
-                raise UserError(f"{name} must be a number ({PROPERTIES[name][2]}), got {v!r}") from None
             j = self.names.index(name)
+            x = scalar_value(name, v, (trained[:, j].min(), trained[:, j].max()), PROPERTIES[name][2])
             values[:, j] = (x - self.mean[j]) / self.std[j]
         return {SCALARS: torch.from_numpy(values)}, torch.from_numpy(self.pool_sizes[idx])
 
