@@ -134,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--adapter", action="append", default=[], metavar="PACKAGE.MODULE:CLASS",
                              help="register this adapter class (importable from sys.path or the current "
                                   "folder; nothing installed); repeatable. Also: $UNITE_SCI_ADAPTERS")
+    for command in (s, e, enc, rec):
+        command.add_argument("--threads", type=int, help="use at most this many CPUs: torch threads and worker "
+                                                         "processes (default: every CPU)")
     return p
 
 
@@ -351,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
 
         for spec in args.adapter:
             load_adapter(spec)
+        if getattr(args, "threads", None) is not None:
+            _check_positive("--threads", args.threads)
+            from .parallel import limit_threads
+
+            limit_threads(args.threads)
         COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe must fail here, inside the try, not at interpreter exit
     except BrokenPipeError:

@@ -95,6 +95,10 @@ class FlowConfig:
     tokenize_t_max: float = unit_interval(0.01)  # tokenize mode uses t ~ U[0, tokenize_t_max]
     prediction: Prediction = Prediction.x  # x (paper) | velocity: near t = 1 an x-prediction must copy its
                                         # input to the decoder's precision; a velocity output only corrects it
+    loss_warmup_steps: int = non_negative(0)  # 0 (paper): the flow loss at full weight from the first step; n > 0:
+                                        # its weight ramps linearly 0 -> 1 over the first n single-stage steps, so the
+                                        # denoising objective cannot take the shared weights before the tokenizer
+                                        # encodes anything (the paper's "conservative optimization" point)
     self_condition: float = unit_interval(0.0)  # probability of self-conditioning a flow pass on its own detached
                                         # x-prediction (ADiT: 0.5); > 0 adds the input projection to the GE
 

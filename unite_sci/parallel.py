@@ -14,7 +14,8 @@ script's top level while it starts (the multiprocessing "bootstrapping phase" er
 caller gets the serial path instead, with one line saying why (:func:`main_reimport_problem`).
 
 Worker counts follow one rule, :func:`resolve_workers`: ``None`` or ``0`` = every CPU this process may
-use, ``n >= 1`` = n processes, 1 = in this process.
+use, ``n >= 1`` = n processes, 1 = in this process; never more than ``$UNITE_SCI_THREADS`` when that is set
+(the CLI's ``--threads``: :func:`limit_threads`).
 """
 from __future__ import annotations
 
@@ -36,14 +37,37 @@ from tqdm import tqdm
 
 DEFAULT_START_METHOD = "spawn"
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+THREADS_ENV = "UNITE_SCI_THREADS"  # at most this many worker processes (and torch threads: limit_threads)
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one, else all of them)."""
+    """CPUs this process may run on (its affinity mask where the OS has one, else all of them), at most
+    ``$UNITE_SCI_THREADS``."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    return min(n, _thread_cap() or n)
+
+
+def _thread_cap() -> int:
+    try:
+        return max(0, int(os.environ.get(THREADS_ENV, "0")))
+    except ValueError:
+        return 0
+
+
+def limit_threads(n: int) -> None:
+    """Use at most ``n`` CPUs from here on: torch's intra-op threads, the BLAS / OpenMP pools of libraries
+    loaded later, and the worker processes of :func:`parallel_map` (children inherit the cap)."""
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    os.environ[THREADS_ENV] = str(n)
+    for var in _THREAD_VARS:
+        os.environ[var] = str(n)
+    torch = sys.modules.get("torch")  # this module never imports torch itself (spawned workers stay light)
+    if torch is not None:
+        torch.set_num_threads(n)
 
 
 def resolve_workers(n: int | None) -> int:
@@ -56,7 +80,7 @@ def resolve_workers(n: int | None) -> int:
         return available_cpus()
     if n < 0:
         raise ValueError(f"workers must be >= 0 (0 or None = all CPUs), got {n}")
-    return int(n)
+    return min(int(n), _thread_cap() or int(n))
 
 
 def main_reimport_problem(start_method: str = DEFAULT_START_METHOD) -> str | None:

@@ -298,6 +298,8 @@ class Trainer:
         batch = self.adapter.augment(batch.to(self.device, non_blocking=True), gen)
         phase_step = self.step - self.phase_start
         lr = lr_at(self.phase_progress(), phase_step, self.base_lr, self.cfg.optim)
+        ramp = self.cfg.flow.loss_warmup_steps
+        self.model.flow_weight.fill_(min(1.0, phase_step / ramp) if ramp else 1.0)
         for o in self.optimizers:
             for g in o.param_groups:
                 g["lr"] = lr

@@ -85,6 +85,9 @@ class Unite(nn.Module):
         self.embedder = checked_module(adapter.build_embedder(a.width), adapter, "build_embedder")
         self.heads = checked_module(adapter.build_heads(a.dec_width), adapter, "build_heads")
         self.phase = Phase.JOINT  # set by Trainer.enter_phase only
+        # weight of the flow loss in the total (flow.loss_warmup_steps): a buffer the trainer fills in place, so
+        # a compiled forward reads a tensor instead of guarding on (and recompiling for) a Python float
+        self.register_buffer("flow_weight", torch.ones(()), persistent=False)
         self.shard = (0, 1)  # (rank, world): random draws are made for the global batch and sliced
 
     def _rand(self, kind: str, shape: tuple[int, ...], device: torch.device) -> Tensor:
@@ -214,7 +217,7 @@ class Unite(nn.Module):
             x1 = z0.detach() if (self.cfg.flow.stop_gradient or self.phase == Phase.DENOISER) else z0
             flows = self.flow_losses(x1, batch.cond, regs, batch.conds)
             l_flow = torch.stack(flows).sum()  # summed over the K passes, not averaged
-            total = total + l_flow
+            total = total + (self.flow_weight * l_flow if self.phase == Phase.JOINT else l_flow)
             logs["flow"] = l_flow.detach()
         logs["loss"] = total.detach()
         return total, logs
