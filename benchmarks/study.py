@@ -77,7 +77,15 @@ METRICS: dict[str, dict[str, tuple[str, str]]] = {
              "elements_per_crystal": ("generation", "elements_per_crystal"),
              "match": ("reconstruction", "match_rate_pct"), "match_ungated": ("reconstruction", "match_rate_ungated_pct"),
              "rmse": ("reconstruction", "rmse"), "train_steps": ("", "train_steps")},
+    # one line per image metric: column -> (results section, key of the image adapter's evaluation)
+    "images": {"gfid": ("generation", "images/gfid"),
+               "nn_train_rmse": ("generation", "images/nn_train_rmse"),
+               "psnr_db": ("reconstruction", "reconstruction/psnr_db"),
+               "rfid": ("reconstruction", "reconstruction/rfid"),
+               "train_steps": ("", "train_steps")},
 }
+# Every study table's last numbers: how much training each row got, and on how many threads.
+RUN_COLUMNS: dict[str, tuple[str, str]] = {"wall_s": ("", "train_wall_s"), "threads": ("machine", "torch_threads")}
 
 
 @dataclass
@@ -90,6 +98,7 @@ class StudyOptions:
     candidates: Optional[list[str]] = None  # None: every candidate
     recon: Optional[int] = non_negative(None)  # test items reconstructed per job; None: 200
     run: bool = True                    # false: only the table of the jobs already finished
+    rescore: bool = False               # true: sample and score every job again, training only what is unfinished
 
 
 def _source(ov: list[str]) -> str | None:
@@ -97,23 +106,57 @@ def _source(ov: list[str]) -> str | None:
     return ov[0][5:] if ov and ov[0].startswith("from:") else None
 
 
-def _trained(run: Path, budget_minutes: float) -> bool:
-    """A finished training run: its newest checkpoint has used the whole budget."""
-    last = run / "checkpoints" / "last.pt"
-    if not last.is_file():
+def _peer(ov: list[str]) -> str | None:
+    """The peer method a candidate trains instead of UNITE ("peer:<name>[:<args>]", see :data:`PEERS`)."""
+    return ov[0][5:] if ov and ov[0].startswith("peer:") else None
+
+
+def limit_overrides(budget_minutes: float, steps: int = 0) -> list[str]:
+    """Run-config words of a job's training limit: wall minutes, or (``steps`` > 0) steps and no time limit."""
+    if steps:
+        return ["train.budget_minutes=0", f"train.max_steps={steps}"]
+    return [f"train.budget_minutes={budget_minutes}", "train.max_steps=0"]
+
+
+def limit_reached(checkpoint: Path, budget_minutes: float, steps: int = 0) -> bool:
+    """The checkpoint exists and has made ``steps`` steps (when > 0), else used the whole budget."""
+    if not checkpoint.is_file():
         return False
-    return float(load_checkpoint(last)["elapsed"]) >= 60 * budget_minutes - 1.0
+    state = load_checkpoint(checkpoint)
+    return int(state["step"]) >= steps if steps else float(state["elapsed"]) >= 60 * budget_minutes - 1.0
+
+
+def _trained(run: Path, budget_minutes: float, steps: int = 0) -> bool:
+    """A finished training run: its newest checkpoint has used the whole budget (or made ``steps`` steps)."""
+    return limit_reached(run / "checkpoints" / "last.pt", budget_minutes, steps)
+
+
+def _pixel_unet(*args: Any) -> dict[str, Any]:
+    from unite_sci_benchmarks.pixel_peer import run_job as peer_job  # diffusers only when a job needs it
+
+    return peer_job(*args)
+
+
+# Peer methods a study can run beside UNITE: name -> run_job(modality, run, budget_minutes, steps, num,
+# overrides, args), which trains (unless done), samples and scores into <run>/eval/results.json.
+PEERS: dict[str, Callable[..., dict[str, Any]]] = {"pixel_unet": _pixel_unet}
 
 
 def run_job(modality: str, run: Path, budget_minutes: float, num: int, recon: int, overrides: list[str],
-            source: Path | None) -> dict[str, Any]:
-    """Train (unless done) and evaluate one candidate at one seed; returns its results.json content."""
+            source: Path | None, steps: int = 0, peer: str | None = None) -> dict[str, Any]:
+    """Train (unless done) and evaluate one candidate at one seed; returns its results.json content.
+
+    ``steps`` > 0: train that many steps with no time limit instead of ``budget_minutes``. ``peer``:
+    "<name>[:<args>]" of :data:`PEERS`, trained instead of UNITE."""
+    if peer is not None:
+        name, _, args = peer.partition(":")
+        return PEERS[name](modality, run, budget_minutes, steps, num, overrides, args)
     sample_ov = [o for o in overrides if o.startswith(("sample.", "data."))]
-    if source is None and not _trained(run, budget_minutes):
+    if source is None and not _trained(run, budget_minutes, steps):
         from unite_sci.engine import load_config, train
 
-        cfg = load_config(modality, overrides=overrides + [f"out={run}", f"train.budget_minutes={budget_minutes}",
-                                                            "train.max_steps=0", "train.progress=false"])
+        cfg = load_config(modality, overrides=overrides + [f"out={run}", "train.progress=false",
+                                                            *limit_overrides(budget_minutes, steps)])
         train(cfg, resume=(run / "checkpoints" / "last.pt").is_file())
     ckpt = (source or run) / "checkpoints" / "last.pt"
     return run_protocol(modality, run / "eval", None, num, str(ckpt), sample_ov, recon)
@@ -164,44 +207,63 @@ def study(modality: str, name: str, candidates: dict[str, tuple[list[str], str]]
     return run_study(modality, name, candidates, out, budgets, num, opts, config, extra)
 
 
+def _tag(cand: str, seed: int, minutes: float, budgets: list[float], steps: int) -> str:
+    """A job's folder name: several budgets, or a step limit, are part of it (never mixed with timed runs)."""
+    return (f"{cand}_s{seed}" + (f"_{minutes:g}min" if len(budgets) > 1 and not steps else "")
+            + (f"_{steps}steps" if steps else ""))
+
+
+def plan_jobs(candidates: dict[str, tuple[list[str], str]], names: list[str], seeds: list[int], out: Path,
+              budgets: list[float], steps: int, num: int, recon: int, threads: int,
+              config: list[str]) -> list[dict[str, Any]]:
+    """One job per (budget, candidate, seed), training candidates first (sampler-only ones need their
+    checkpoints): its folder, limit, source run or peer, and the run-config overrides it trains with."""
+    todo = []
+    for minutes in budgets[:1] if steps else budgets:
+        for cand in sorted(names, key=lambda n: _source(candidates[n][0]) is not None):
+            ov = candidates[cand][0]
+            src = _source(ov)
+            for seed in seeds:
+                tag = _tag(cand, seed, minutes, budgets, steps)
+                source = None if src is None else str(out / _tag(src, seed, minutes, budgets, steps))
+                todo.append({"tag": tag, "run": str(out / tag), "budget": minutes, "steps": steps, "num": num,
+                             "recon": recon, "source": source, "peer": _peer(ov), "threads": threads,
+                             "overrides": config + [o for o in ov if not o.startswith(("from:", "peer:"))] +
+                             [f"train.seed={seed}", f"train.threads={threads}"]})
+    return todo
+
+
 def run_study(modality: str, name: str, candidates: dict[str, tuple[list[str], str]], out: str,
               budgets: list[float], num: int, opts: StudyOptions, config: list[str],
-              extra: Callable[[], list[tuple[str, str]]] | None = None) -> Path:
+              extra: Callable[[], list[tuple[str, str]]] | None = None, steps: int = 0,
+              skipped: dict[str, str] | None = None) -> Path:
     """Run the missing jobs (``opts.jobs`` at a time), then write the table of every candidate.
 
     ``config``: run-config overrides of every job. ``extra``: called after the jobs, more report sections
-    (title, markdown), e.g. real-data rows.
+    (title, markdown), e.g. real-data rows. ``steps`` > 0: every job trains that many steps with no time
+    limit (equal steps; ``budgets`` is then not used). ``skipped``: candidate -> why it is not run (its row
+    says so).
     """
     seeds = opts.seeds or [0]
     names = opts.candidates or list(candidates)
     bad = [n for n in names if n not in candidates]
     if bad:
         raise UserError(f"unknown candidate {bad[0]!r}; known: {', '.join(candidates)}")
+    skipped = {n: why for n, why in (skipped or {}).items() if n in names}
     jobs_at_once = opts.jobs
     threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs_at_once)
     recon = 200 if opts.recon is None else opts.recon
     out_p = Path(out)
-    todo, results = [], {}
-    # training candidates first: sampler-only candidates need their checkpoints
-    for minutes in budgets:
-        for cand in sorted(names, key=lambda n: _source(candidates[n][0]) is not None):
-            ov = candidates[cand][0]
-            src = _source(ov)
-            for seed in seeds:
-                tag = f"{cand}_s{seed}" + (f"_{minutes:g}min" if len(budgets) > 1 else "")
-                run = out_p / tag
-                source = None if src is None else str(out_p / tag.replace(cand, src, 1))
-                todo.append({"tag": tag, "run": str(run), "budget": minutes, "num": num, "recon": recon,
-                             "source": source, "threads": threads,
-                             "overrides": config + [o for o in ov if not o.startswith("from:")] +
-                             [f"train.seed={seed}", f"train.threads={threads}"]})
-    pending = [j for j in todo if not (Path(j["run"]) / "eval" / "results.json").is_file()]
+    results = {}
+    todo = plan_jobs(candidates, [n for n in names if n not in skipped], seeds, out_p, budgets, steps, num,
+                     recon, threads, config)
+    pending = [j for j in todo if opts.rescore or not (Path(j["run"]) / "eval" / "results.json").is_file()]
     if not opts.run:  # only the table of what has finished
         pending = []
     running: list[tuple[dict, subprocess.Popen]] = []
     failed: list[str] = []
     while pending or running:
-        ready = [j for j in pending if j["source"] is None or _trained(Path(j["source"]), j["budget"])]
+        ready = [j for j in pending if j["source"] is None or _trained(Path(j["source"]), j["budget"], steps)]
         while ready and len(running) < jobs_at_once:
             job = ready.pop(0)
             pending.remove(job)
@@ -222,25 +284,27 @@ def run_study(modality: str, name: str, candidates: dict[str, tuple[list[str], s
                         "are kept, rerun the same command after fixing the cause")
     rows = []
     done = sorted(out_p.glob("*/eval/results.json"))
-    metrics = metrics_for(modality, json.loads(done[0].read_text()) if done else None)
-    for minutes in budgets:
+    metrics = {**metrics_for(modality, json.loads(done[0].read_text()) if done else None), **RUN_COLUMNS}
+    for minutes in budgets[:1] if steps else budgets:
         for cand in names:
             per_seed = []
             for seed in seeds:
-                tag = f"{cand}_s{seed}" + (f"_{minutes:g}min" if len(budgets) > 1 else "")
+                tag = _tag(cand, seed, minutes, budgets, steps)
                 path = out_p / tag / "eval" / "results.json"
-                if path.is_file():
+                if path.is_file() and cand not in skipped:
                     res = json.loads(path.read_text())
                     results[tag] = _row(res, metrics)
                     per_seed.append(results[tag])
-            rows.append({"candidate": cand, "minutes": minutes, "seeds": len(per_seed),
-                         **_summary(per_seed, metrics), "what": candidates[cand][1]})
-    cols = ["candidate", "minutes", "seeds", *metrics, "what"]
+            rows.append({"candidate": cand, "minutes": 0 if steps else minutes, "budget": f"{steps} steps" if steps
+                         else minutes, "seeds": len(per_seed), **_summary(per_seed, metrics),
+                         "what": skipped.get(cand, candidates[cand][1])})
+    cols = ["candidate", "budget", "seeds", *metrics, "what"]
     table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" + "".join(
         "| " + " | ".join(str(r[c]) for c in cols) + " |\n" for r in rows)
     settings = (f"- {len(seeds)} seed(s) {seeds}; {num} samples per job; reconstruction on {recon} test items\n"
-                f"- {jobs_at_once} job(s) at a time with {threads} thread(s) each; budget = wall minutes of "
-                f"training per job (sampling and evaluation not counted)\n"
+                f"- {jobs_at_once} job(s) at a time with {threads} thread(s) each; budget = "
+                + (f"{steps} optimizer steps per job, no time limit (equal steps)" if steps else
+                   "wall minutes of training per job (sampling and evaluation not counted)") + "\n"
                 f"- Numbers: mean [min–max] over seeds, percent; rmsd in the modality's length unit\n"
                 f"- Config overrides for every job: {config or 'none'}")
     data = {"rows": rows, "per_job": results, "candidates": {n: candidates[n] for n in names}, **provenance()}
@@ -352,7 +416,7 @@ def _job_main(modality: str, job_json: str) -> None:
     torch.set_num_threads(job["threads"])
     try:
         run_job(modality, Path(job["run"]), job["budget"], job["num"], job["recon"], job["overrides"],
-                Path(job["source"]) if job["source"] else None)
+                Path(job["source"]) if job["source"] else None, job.get("steps", 0), job.get("peer"))
     except UserError as e:  # a user mistake is one line, as everywhere else
         print(f"error: {job['tag']}: {e}", file=sys.stderr)
         sys.exit(2)
