@@ -1,0 +1,158 @@
+"""Docs check: every `unite-sci` line in a ```bash / ```sh block of README.md and docs/*.md parses with the
+real command-line parser and names a registered subcommand, benchmark and modality; `key=value` settings of
+`train`, `config` and `evaluate` are valid config keys; every ```python block compiles, and the runnable
+ones keep their work under `if __name__ == "__main__":`; every relative link resolves; the README stays an
+entry page (<= 150 lines) whose install steps are the Makefile's."""
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from unite_sci import cli
+from unite_sci.adapter import available
+from unite_sci.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+# pages whose ```python blocks are scripts to run (the others show class definitions to copy)
+SCRIPT_PAGES = {"README.md", "python-api.md"}
+
+
+def blocks(page: Path, langs: tuple[str, ...]) -> list[tuple[int, str]]:
+    """(first line number, text) of every fenced block of one of ``langs`` in ``page``."""
+    text = page.read_text()
+    return [(text[:m.start()].count("\n") + 2, m.group(2)) for m in FENCE.finditer(text) if m.group(1) in langs]
+
+
+def commands(text: str) -> list[list[str]]:
+    """The argument lists of the ``unite-sci`` lines of a shell block (continuations joined, comments and
+    leading ``VAR=value`` words dropped)."""
+    found = []
+    for line in text.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        while words and ENV_WORD.match(words[0]):
+            words = words[1:]
+        if words and words[0] == "unite-sci":
+            found.append(words[1:])
+    return found
+
+
+def documented() -> list[tuple[str, list[str]]]:
+    return [(f"{page.relative_to(ROOT)}:{line}", argv) for page in PAGES
+            for line, text in blocks(page, ("bash", "sh")) for argv in commands(text)]
+
+
+def check_command(argv: list[str]) -> str | None:
+    """None if the command line parses and names registered things, else why not."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = cli.parse_args(argv)
+    except SystemExit:
+        return (err.getvalue().strip().splitlines() or ["argparse refused it"])[-1]
+    plugin = bool(getattr(args, "adapter", []))  # a modality of an adapter named on the same line
+    modality = getattr(args, "modality", None)
+    if modality is not None and modality not in available() and not plugin:
+        return f"unknown modality {modality!r}"
+    if args.command == "benchmark" and args.name not in set(cli._benchmarks()) | set(available()):
+        return f"unknown benchmark {args.name!r}"
+    return None
+
+
+def check_keys(argv: list[str]) -> str | None:
+    """For `train`, `config` and `evaluate` of a registered modality: the ``key=value`` words against the
+    modality's config schema (what the command itself would refuse before any work)."""
+    from unite_sci.engine import load_config
+
+    args = cli.parse_args(argv)
+    if args.command not in ("train", "config", "evaluate") or args.modality not in available():
+        return None
+    # the options that the commands turn into config keys (cmd_train, cmd_evaluate)
+    flags = {"data.data_dir": getattr(args, "data_dir", None), "model.preset": getattr(args, "preset", None)}
+    over = [f"{k}={v}" for k, v in flags.items() if v] + list(args.overrides)
+    try:
+        load_config(args.modality, None, over)
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def test_the_checks_can_fail():
+    assert check_command(["trian", "--modality", "qm9"])                       # unknown subcommand
+    assert check_command(["train", "--modality", "qm9", "--minutes", "5"])     # unknown option
+    assert check_command(["train", "--modality", "nosuch"])                    # unknown modality
+    assert check_command(["benchmark", "qm10"])                                # unknown benchmark
+    assert check_command(["sample", "--num", "5", "--out", "s"])               # a required option missing
+    assert check_command(["benchmark", "qm9-ablation", "seeds=0,1"]) is None
+    assert check_keys(["train", "--modality", "toy", "flow.flow_batchez=3"])
+    assert check_keys(["train", "--modality", "toy", "flow.flow_batches=3"]) is None
+    assert commands("A=1 B=2 unite-sci list   # a comment\n\\\nunite-sci train \\\n  --modality toy\npip x\n") == [
+        ["list"], ["train", "--modality", "toy"]]
+
+
+def test_every_documented_command_parses():
+    found = documented()
+    assert len(found) > 60, "the docs check found too few commands: is the fence pattern still right?"
+    bad = [f"{where}: unite-sci {shlex.join(argv)}: {why}" for where, argv in found
+           if (why := check_command(argv))]
+    assert not bad, "\n".join(bad)
+
+
+def test_every_documented_setting_is_a_config_key():
+    bad = [f"{where}: unite-sci {shlex.join(argv)}: {why}" for where, argv in documented()
+           if check_command(argv) is None and (why := check_keys(argv))]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_python_blocks_compile_and_scripts_are_guarded(page):
+    for line, text in blocks(page, ("python",)):
+        tree = compile(text, f"{page.name}:{line}", "exec", ast.PyCF_ONLY_AST)
+        if page.name not in SCRIPT_PAGES:
+            continue
+        loose = [node.lineno + line - 1 for node in tree.body
+                 if not isinstance(node, (ast.Import, ast.ImportFrom, ast.If))
+                 or (isinstance(node, ast.If) and ast.unparse(node.test) not in
+                     ("__name__ == '__main__'", '__name__ == "__main__"'))]
+        assert not loose, f"{page.name}: code outside `if __name__ == '__main__':` at lines {loose}"
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_relative_links_resolve(page):
+    text = FENCE.sub("", page.read_text())
+    for target in LINK.findall(text):
+        if re.match(r"^[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        assert dest.exists(), f"{page.name}: link to {target} (no file {dest})"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", FENCE.sub("", dest.read_text()), re.M)
+            assert anchor in {slug(h) for h in headings}, f"{page.name}: link to {target}: no such heading"
+
+
+def test_readme_is_an_entry_page_with_the_makefiles_install_steps():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines; guides and results belong in docs/"
+    shell = "\n".join(text for _, text in blocks(README, ("bash", "sh")))
+    recipe = (ROOT / "Makefile").read_text().split("$(STAMP):", 1)[1].split("\n\n", 1)[0]
+    steps = [re.sub(r"\s+-q\b", "", "python -m pip" + line.split("$(PIP)", 1)[1]).strip()
+             for line in recipe.splitlines() if "$(PIP)" in line]
+    assert len(steps) >= 4
+    missing = [s for s in steps if s not in shell]
+    assert not missing, f"README.md's install steps differ from the Makefile's: {missing}"
