@@ -60,8 +60,8 @@ def test_cfg_only_inside_interval():
     t = torch.tensor([0.05, 0.1, 0.5, 1.0], dtype=torch.float64)
     cond = torch.zeros(4, dtype=torch.long)
     out = guided_prediction(predict, x, t, cond=cond, null=9, scale=3.0, interval=(0.1, 1.0))
-    # t = 0.05 and t = 0.1 lie outside (0.1, 1.0]: conditional alone; inside: 0 + 3 (1 - 0) = 3
-    assert out[:, 0, 0].tolist() == [1.0, 1.0, 3.0, 3.0]
+    # t = 0.05, 0.1 and 1.0 lie outside the open (0.1, 1.0): conditional alone; inside: 0 + 3 (1 - 0) = 3
+    assert out[:, 0, 0].tolist() == [1.0, 1.0, 3.0, 1.0]
 
 
 def test_cfg_scale_one_is_plain_conditional():

@@ -68,10 +68,12 @@ def guided_prediction(predict: Callable[[Tensor, Tensor, Tensor], Tensor], x: Te
     ``cond``: labels (B,), or a :class:`Cond` whose unconditional rows drop every structured condition too.
 
     Both predictions already pass the network's final LayerNorm before they are mixed. Outside the
-    interval (or with w = 1) the conditional prediction alone is used.
+    interval (or with w = 1) the conditional prediction alone is used. The interval is open at both ends,
+    ``lo < t < hi``, as SPEC writes it and as the authors' public sampler compares (``t < hi``): with the
+    default hi = 1 a Heun step that evaluates at t = 1 uses the conditional prediction alone there.
     """
     lo, hi = interval
-    inside = (t > lo) & (t <= hi)
+    inside = (t > lo) & (t < hi)
     if scale == 1.0 or not bool(inside.any()):
         return predict(x, t, cond)
     both_cond = (cond.with_null(null) if isinstance(cond, Cond)
