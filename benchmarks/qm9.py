@@ -120,9 +120,8 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
     for key, name in (("unite", "UNITE single-stage (this run)"), ("two_stage", "Two-stage baseline (this run, same budget)")):
         if key in results:
             rows.append(result_row(f"{name}{_at(results[key])}", results[key]))
-            if "generation_temperature_1" in results[key]:  # the model's own distribution, beside
-                rows.append({"method": f"{name}, temperature 1",
-                             **results[key]["generation_temperature_1"]})
+            for part in sorted(k for k in results[key] if k.startswith("generation_temperature_")):
+                rows.append({"method": f"{name}, temperature {part.rsplit('_', 1)[1]}", **results[key][part]})
     rows += real_rows(opts.sanity, config)
     rows += [{"method": k, **v} for k, v in REFERENCES.items()]
     u = results["unite"]

@@ -175,6 +175,8 @@ class SampleConfig:
     temperature: float = positive(1.0)  # scale of the starting noise: 1 samples the model's distribution; < 1
                                         # trades diversity for quality (recorded with every sample set)
     shift: Optional[float] = positive(None)  # time shift of the sampler's grid; None: the training flow.shift
+    beside_temperatures: list = field(default_factory=list)  # benchmarks also sample and score at each of these
+                                        # temperatures, as named rows beside the headline (never instead of it)
 
 
 @dataclass

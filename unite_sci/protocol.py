@@ -22,7 +22,8 @@ def run_protocol(modality: str, out: str | Path, budget_minutes: float | None = 
     """Train for the budget (or load ``checkpoint``), sample, evaluate generation and reconstruction.
 
     With ``sample.temperature`` below 1 the samples at temperature 1 (the model's own distribution) are
-    scored too, as ``generation_temperature_1``: a lowered temperature is never reported alone."""
+    scored too, as ``generation_temperature_1``: a lowered temperature is never reported alone. Each of
+    ``sample.beside_temperatures`` is scored as ``generation_temperature_<T>`` beside the headline."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train_summary: dict[str, Any] = {}
@@ -43,10 +44,10 @@ def run_protocol(modality: str, out: str | Path, budget_minutes: float | None = 
     gen = adapter.evaluate(samples, str(out / "per_sample.csv"))
     gen_wall = time.time() - t0
     at_one = {}
-    if cfg.sample.temperature != 1.0:  # the model's own distribution, always beside a lowered temperature
-        one = replace(cfg.sample, temperature=1.0)
-        samples_one, _ = generate(model, adapter, one, num)
-        at_one = {"generation_temperature_1": adapter.evaluate(samples_one, str(out / "per_sample_temperature_1.csv"))}
+    for temp in beside_temperatures(cfg.sample):
+        samples_t, _ = generate(model, adapter, replace(cfg.sample, temperature=temp), num)
+        at_one[f"generation_temperature_{temp:g}"] = adapter.evaluate(
+            samples_t, str(out / f"per_sample_temperature_{temp:g}.csv"))
     inputs, recons = reconstruct(model, adapter, "test", recon_num)
     t0 = time.time()
     rec = adapter.evaluate_reconstruction(inputs, recons)
@@ -57,6 +58,13 @@ def run_protocol(modality: str, out: str | Path, budget_minutes: float | None = 
               "sample_files": [str(f) for f in files], **provenance(loaded), "config": to_yaml(cfg)}
     write_json(result, out / "results.json")
     return result
+
+
+def beside_temperatures(s: Any) -> list[float]:
+    """Temperatures scored beside the headline ``s.temperature``: 1 (the model's own distribution) whenever
+    the headline is lowered, then ``s.beside_temperatures``, each once."""
+    temps = ([1.0] if s.temperature != 1.0 else []) + [float(t) for t in s.beside_temperatures]
+    return [t for i, t in enumerate(temps) if t != s.temperature and t not in temps[:i]]
 
 
 def fmt(v: Any) -> str:
