@@ -404,8 +404,32 @@ def test_gallery_png(tmp_path: Path) -> None:
     path = tmp_path / "gallery.png"
     zs = ZS[:6] + [np.array([6, 6]), np.array([6, 1, 1])]
     ps = PS[:6] + [np.zeros((2, 3)), np.array([[0, 0, 0], [np.nan, 0, 0], [1, 0, 0]])]
-    render.gallery_png(path, zs, ps, n=16)
+    captions = render.gallery_png(path, zs, ps, n=16, per_row=4)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [c.splitlines()[0] for c in captions] == [f"#{i}: {len(z)} atoms" for i, z in enumerate(zs)]
+    assert all(len(c.splitlines()) >= 2 for c in captions)  # the SMILES or why it is invalid, always
+    assert "invalid" in captions[-1]  # the NaN coordinate
+
+
+def test_every_gallery_cell_has_a_caption_even_when_rdkit_draws_nothing(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib.image as mpimg
+
+    drawn = render._cell_image
+    calls = iter(range(100))
+    monkeypatch.setattr(render, "_cell_image",  # the second cell comes out blank, as two real samples did
+                        lambda mol, px: (None, "RDKit drew nothing (degenerate 2-D layout)") if next(calls) == 1
+                        else drawn(mol, px))
+    path = tmp_path / "g.png"
+    captions = render.gallery_png(path, ZS[:2], PS[:2], per_row=2, titles=["input 0", "output 0"])
+    assert captions[0].startswith("input 0: ") and "could not draw" not in captions[0]
+    assert captions[1].startswith("output 0: ")
+    assert captions[1].replace("\n", " ").endswith("could not draw: RDKit drew nothing (degenerate 2-D layout)")
+    image = mpimg.imread(path)
+    h, w = image.shape[:2]
+    left, right = image[:, : w // 2, :3], image[:, w // 2:, :3]
+    caption_band = slice(int(h * 0.78), h)  # below the drawing: text in both cells
+    assert (left[caption_band] < 0.5).any() and (right[caption_band] < 0.5).any()
+    assert (left[: int(h * 0.7)] < 0.9).any() and not (right[: int(h * 0.7)] < 0.9).any()  # only cell 0 drawn
 
 
 def test_novelty_reference_build_is_announced_once(tmp_path: Path, monkeypatch, capsys) -> None:

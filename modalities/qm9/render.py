@@ -142,15 +142,26 @@ def _caption(text: str, width: int = 34, lines: int = 3) -> str:
     return "\n".join(textwrap.wrap(text, width, max_lines=lines, placeholder=" ...")) or text
 
 
-def _drawable(mol: Chem.Mol, legend: str, cell_px: int) -> tuple[Chem.Mol, str]:
-    """The cell itself if RDKit can draw it; else an empty cell that says so (a degenerate generated
-    geometry can make RDKit's depiction fail, and one bad sample must not lose the whole gallery)."""
+def _cell_image(mol: Chem.Mol, cell_px: int) -> tuple[np.ndarray | None, str]:
+    """RGB(A) pixels (cell_px, cell_px, 3|4) of one depiction, or None and why it could not be drawn.
+
+    A degenerate generated geometry can make RDKit's depiction fail, or succeed with nothing on the
+    canvas (seen for two 16- and 19-atom samples): both come back as None with the reason, and one bad
+    sample never loses the whole gallery."""
+    import matplotlib.image as mpimg
+
+    if mol.GetNumAtoms() == 0:
+        return None, "no atoms to draw"
     try:
-        probe = rdMolDraw2D.MolDraw2DCairo(cell_px, cell_px)
-        probe.DrawMolecule(mol, legend=legend)
-        return mol, legend
+        drawer = rdMolDraw2D.MolDraw2DCairo(cell_px, cell_px)
+        drawer.DrawMolecule(mol)
+        drawer.FinishDrawing()
+        image = mpimg.imread(io.BytesIO(drawer.GetDrawingText()), format="png")
     except (RuntimeError, ValueError) as e:
-        return Chem.Mol(), _caption(f"could not draw: {str(e).splitlines()[0]}")
+        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
+    if not (image[..., :3] < 0.9).any():
+        return None, "RDKit drew nothing (degenerate 2-D layout)"
+    return image, ""
 
 
 def gallery_png(
@@ -160,20 +171,42 @@ def gallery_png(
     n: int = 16,
     per_row: int = 4,
     cell_px: int = 250,
-) -> None:
-    """Draw the first ``n`` molecules as a PNG grid of 2-D depictions, each labelled with the SMILES of
-    its largest fragment ('(fragments)' when there are several) or 'invalid'.
+    titles: Sequence[str] | None = None,
+) -> list[str]:
+    """Draw the first ``n`` molecules as a PNG grid of 2-D depictions. Every cell has a caption: its title
+    (``titles[i]``, default ``#i``), its atom count, and the SMILES of its largest fragment ('(fragments)'
+    when there are several) or 'invalid: why'; a cell that could not be drawn says so and why.
+    Returns the captions, in cell order.
     """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
     count = min(n, len(z_list), len(pos_list))
     if count == 0:
         raise ValueError("gallery_png needs at least one molecule")
+    cells = []
     with quiet_toolkits():
-        cells = [_drawable(*_depiction(z_list[i], pos_list[i]), cell_px) for i in range(count)]
-        cols = min(per_row, count)
-        rows = -(-count // cols)
-        drawer = rdMolDraw2D.MolDraw2DCairo(cols * cell_px, rows * cell_px, cell_px, cell_px)
-        drawer.drawOptions().legendFontSize = 14
-        drawer.DrawMolecules([m for m, _ in cells], legends=[legend for _, legend in cells])
-        drawer.FinishDrawing()
-    png = drawer.GetDrawingText()
-    atomic_write(path, lambda f: f.write(png), binary=True)
+        for i in range(count):
+            mol, legend = _depiction(z_list[i], pos_list[i])
+            image, why = _cell_image(mol, cell_px)
+            head = f"{titles[i] if titles is not None else f'#{i}'}: {len(np.asarray(z_list[i]))} atoms"
+            cells.append((image, "\n".join([head, legend] + ([_caption(f"could not draw: {why}")] if why else []))))
+    cols = min(per_row, count)
+    rows = -(-count // cols)
+    inch = cell_px / 100
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * inch, rows * inch * 1.3), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, caption) in zip(axes.flat, cells):
+        if image is not None:
+            ax.imshow(image)
+        ax.set_xlim(0, cell_px)
+        ax.set_ylim(cell_px, 0)
+        ax.set_aspect("equal")  # drawn or not, every cell's box (and caption) sits alike
+        ax.text(0.5, -0.01, caption, transform=ax.transAxes, ha="center", va="top", fontsize=7)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.99, bottom=0.01, wspace=0.05, hspace=0.3)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"), binary=True)
+    plt.close(fig)
+    return [c for _, c in cells]
