@@ -284,7 +284,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     x = range(len(groups))
     a3.bar([i - 0.2 for i in x], [g["mb_init"] for g in groups], width=0.4, label="fresh init")
     a3.bar([i + 0.2 for i in x], [g["mb_trained"] for g in groups], width=0.4, label="trained")
-    a3.set_xticks(list(x), [f"{g['part']}\n{g['kind']}" for g in groups], fontsize="x-small")
+    a3.set_xticks(list(x), [f"{g['part']} {g['kind']}" for g in groups], fontsize="x-small", rotation=45,
+                  ha="right")
     a3.set_ylabel(f"description length, MB ({report['bins']}-bin entropy)")
     a3.legend(fontsize="small")
     for ax in (a1, a2, a3):
