@@ -92,3 +92,12 @@ def test_a_lowered_temperature_is_scored_beside_temperature_1(toy_ckpt, tmp_path
     assert set(res["generation_temperature_1"]) == set(res["generation"])
     plain = run_protocol("toy", tmp_path / "q", None, 6, toy_ckpt, [], recon_num=4)
     assert "generation_temperature_1" not in plain and plain["generation"] == res["generation_temperature_1"]
+
+
+def test_diagnostic_noise_is_not_the_encoders_register_noise():
+    from unite_sci.diagnose import noise_generator
+
+    torch.manual_seed(3)
+    encoder_noise = torch.randn(4, 16, 8)  # what the encoder draws first under the same seed
+    eps = torch.randn(4, 16, 8, generator=noise_generator(3))
+    assert not torch.allclose(eps, encoder_noise) and abs(float((eps * encoder_noise).mean())) < 0.05
