@@ -77,6 +77,9 @@ PROTOCOL_ROWS = """
   (`unite_sci/sampling.py`: solver, steps, time shift, CFG scale and interval); its samples are scored from
   the same `samples.npz` format. It has no reconstruction (psnr_db, rfid: –).
 - Samples: class-balanced (label i % 10), the same count and sampler seed for every row.
+- Columns: the image evaluation's keys (`study.METRICS["images"]`): fd is the Frechet distance in the
+  features of the data set's own classifier (`fd_<set>` in results.json), then precision, recall, class
+  agreement, within-class pixel diversity, the opt-in Inception gFID, the nearest-training-image RMSE.
 """
 
 
@@ -105,7 +108,8 @@ def real_data_section(config: list[str], num: int) -> list[tuple[str, str]]:
     """A study's real-data floor: ``num`` real test images scored as samples, in the study's image columns."""
     if not num:
         return []
-    row = real_data_row(make_adapter(load_config("images", overrides=[o for o in config if o.startswith("data.")])), num)
+    adapter = make_adapter(load_config("images", overrides=[o for o in config if o.startswith("data.")]))
+    row = real_data_row(adapter, num)
     cols = {k: v for k, v in METRICS["images"].items() if v[0] == "generation"}
     table = markdown_table([{"method": row["method"], **_row({"generation": row["metrics"]}, cols)}], ["method", *cols])
     return [(f"Real data: the floor at {row['num_samples']} images", table)]

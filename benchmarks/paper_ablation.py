@@ -68,7 +68,8 @@ def plan(overrides: list[str]) -> tuple[AblationOptions, list[str], int]:
     return opts, BASE + config, opts.steps if opts.equal == "steps" else 0
 
 
-def ablation(modality: str, name: str, default_minutes: float, extra: Callable | None = None):
+def ablation(modality: str, name: str, default_minutes: float,
+             extra: Callable[[list[str], int], list[tuple[str, str]]] | None = None) -> Callable[..., Path]:
     """The benchmark function of one modality's ablation (the signature every benchmark has)."""
 
     def run(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
@@ -79,7 +80,10 @@ def ablation(modality: str, name: str, default_minutes: float, extra: Callable |
         if steps and budget_minutes:
             raise UserError("equal=steps trains without a time limit: leave out --budget-minutes")
         num = num_samples or 1000
-        more = (lambda: extra(config, num)) if extra else None
+
+        def more() -> list[tuple[str, str]]:  # after the timed jobs, so that it never competes with them
+            return [*(extra(config, num) if extra else []), ("The paper's claims", __doc__)]
+
         return run_study(modality, name, CANDIDATES, out, [budget_minutes or default_minutes], num, opts, config,
                          more, steps=steps)
 

@@ -68,8 +68,8 @@ METRICS: dict[str, dict[str, tuple[str, str]]] = {
             "edm/atom_stability": ("generation", "edm/atom_stability"),
             "edm/molecule_stability": ("generation", "edm/molecule_stability"),
             "adit/validity": ("generation", "adit/validity"), "edm/validity": ("generation", "edm/validity"),
-            "connected_t1": ("generation_temperature_1", "connected_validity"),
-            "atom_stab_t1": ("generation_temperature_1", "edm/atom_stability"),
+            "connected_t0.5": ("generation_temperature_0.5", "connected_validity"),
+            "atom_stab_t0.5": ("generation_temperature_0.5", "edm/atom_stability"),
             "match": ("reconstruction", "reconstruction/match_rate"), "rmsd": ("reconstruction", "reconstruction/rmsd"),
             "train_steps": ("", "train_steps")},
     "mp20": {"valid": ("generation", "valid_pct"), "comp_valid": ("generation", "comp_valid_pct"),
@@ -78,7 +78,12 @@ METRICS: dict[str, dict[str, tuple[str, str]]] = {
              "match": ("reconstruction", "match_rate_pct"), "match_ungated": ("reconstruction", "match_rate_ungated_pct"),
              "rmse": ("reconstruction", "rmse"), "train_steps": ("", "train_steps")},
     # one line per image metric: column -> (results section, key of the image adapter's evaluation)
-    "images": {"gfid": ("generation", "images/gfid"),
+    "images": {"fd": ("generation", "images/fd_*"),  # Frechet distance in the data set's classifier features
+               "precision": ("generation", "images/precision"),
+               "recall": ("generation", "images/recall"),
+               "class_agreement": ("generation", "images/class_agreement"),
+               "pixel_diversity": ("generation", "images/pixel_diversity"),
+               "gfid": ("generation", "images/gfid"),
                "nn_train_rmse": ("generation", "images/nn_train_rmse"),
                "psnr_db": ("reconstruction", "reconstruction/psnr_db"),
                "rfid": ("reconstruction", "reconstruction/rfid"),
@@ -172,8 +177,11 @@ def metrics_for(modality: str, first: dict[str, Any] | None) -> dict[str, tuple[
 
 
 def _lookup(section: dict[str, Any], key: str) -> Any:
+    """``section[key]``, else the value of a key ending in "/<key>"; a key ending in "*" matches by prefix."""
     if key in section:
         return section[key]
+    if key.endswith("*"):
+        return next((v for k, v in section.items() if k.startswith(key[:-1])), None)
     return next((v for k, v in section.items() if k.endswith("/" + key)), None)
 
 
