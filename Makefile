@@ -18,6 +18,8 @@ install: $(STAMP)
 # matminer (crystal coverage COV-R / COV-P: CrystalNN and Magpie featurizers) pins pandas<3 while pymatgen
 # brings pandas 3; the two featurizers used here do not touch pandas, so it goes in without its dependencies
 # and scikit-learn, the one it imports, comes with the crystals extra (tests/test_crystals_metrics.py runs it).
+# QM9's evaluation references (novelty SMILES of the training set, geometry statistics) are functions of the
+# installed data: built once here (a few CPU minutes), so a first `unite-sci evaluate --modality qm9` takes seconds.
 $(STAMP): setup.cfg constraints.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -28,6 +30,7 @@ $(STAMP): setup.cfg constraints.txt Makefile
 	test -d /usr/share/datasets/fashion-mnist || (command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
 		echo "warning: could not install dataset-fashion-mnist (apt-get as root); image tests will skip")
+	$(PY) -m unite_sci_modalities.qm9.references || echo "warning: QM9 evaluation references not built; the first QM9 evaluation builds them"
 	touch $(STAMP)
 
 # pytest exits 5 when it collects nothing: that is not a failure of the suite

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -70,6 +71,18 @@ def cache_root() -> Path:
     """
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "unite-sci"
+
+
+def announce_build(what: str, why: str, about_s: float, cache_path: str | os.PathLike | None = None) -> None:
+    """One line on stderr before a reference that takes a while is built: what, why, about how long
+    (``about_s``, seconds), and where it is kept, so that a first use is never minutes of silence.
+
+        note: building the geometry reference (10,000 training molecules) for the geometry metrics: about
+        2 min, once; cached in ~/.cache/unite-sci/qm9/geometry_train_10000.npz
+    """
+    about = f"{about_s / 60:.0f} min" if about_s >= 90 else f"{max(1, round(about_s))} s"
+    where = f"; cached in {cache_path}" if cache_path is not None else ""
+    print(f"note: building {what} for {why}: about {about}, once{where}", file=sys.stderr, flush=True)
 
 
 def writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:

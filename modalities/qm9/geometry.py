@@ -41,7 +41,7 @@ import numpy as np
 from ase.data import chemical_symbols
 from scipy.stats import wasserstein_distance
 
-from unite_sci.files import atomic_write
+from unite_sci.files import announce_build, atomic_write
 
 from .bonds import edm_bond_orders
 from .protocols import MAX_ATOMS
@@ -52,6 +52,8 @@ MIN_TYPE_SHARE = 0.001  # bond types below 0.1 % of the reference bonds get no W
 NUM_ANGLE_TYPES = 10
 MAX_ANGLE_DEGREE = 8
 _FORMAT = 1  # bump when the cached arrays change meaning
+NOTICE_MIN_ITEMS = 1000  # a reference this large takes seconds or more: say so first
+MEASURE_CPU_S = 0.011  # CPU seconds per QM9 molecule (10.4 ms measured on 500 training molecules)
 _BASE = 128  # type codes: element numbers (< 128) as digits in base 128
 
 
@@ -137,16 +139,20 @@ def _angles(z: np.ndarray, pos: np.ndarray, adj: np.ndarray) -> tuple[np.ndarray
     return (za * _BASE + z[b[keep]]) * _BASE + zc, np.degrees(np.arccos(cos))
 
 
-def measure(z_list: Sequence[object], pos_list: Sequence[object]) -> Geometry:
+def measure(z_list: Sequence[object], pos_list: Sequence[object], progress: bool = False) -> Geometry:
     """Bond lengths, angles, valencies and closest contacts of molecules (see the module docstring).
 
     Args:
         z_list: atomic numbers per molecule, each (n_i,).
         pos_list: coordinates per molecule, each (n_i, 3) in Angstrom.
+        progress: show a tqdm bar (reference builds).
     """
+    from tqdm import tqdm
+
     parts: dict[str, list[np.ndarray]] = {k: [] for k in _ARRAYS}
     skipped = 0
-    for z, pos in zip(z_list, pos_list):
+    for z, pos in tqdm(zip(z_list, pos_list), total=len(z_list), desc="geometry reference", disable=not progress,
+                       leave=False, mininterval=1.0):
         mol = _usable(z, pos)
         if mol is None:
             skipped += 1
@@ -185,7 +191,10 @@ def reference(z_list: Sequence[object], pos_list: Sequence[object],
                     return Geometry(**{k: f[k] if k in _ARRAYS else int(f[k]) for k in _FIELDS})
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # unreadable or old: measure again
-    geo = measure(z_list, pos_list)
+    if len(z_list) >= NOTICE_MIN_ITEMS:
+        announce_build(f"the geometry reference ({len(z_list):,} training molecules)", "the geometry metrics",
+                       len(z_list) * MEASURE_CPU_S, cache_path)
+    geo = measure(z_list, pos_list, progress=len(z_list) >= NOTICE_MIN_ITEMS)
     if cache_path is not None:
         arrays = {"key": key.hexdigest(), **{k: getattr(geo, k) for k in _FIELDS}}
         try:  # atomic: a concurrent reader never sees half a file
