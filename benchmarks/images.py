@@ -1,12 +1,13 @@
-"""Image benchmark: train (or load), sample class-balanced at one or more CFG scales, gFID per scale,
-reconstruction rFID / PSNR / LPIPS, PNG grids, and the paper's ImageNet anchors (SPEC sections 8, 9).
+"""Image benchmark: train (or load), sample class-balanced at one or more CFG scales, score each scale in the
+data set's own classifier features (fd_<set>, precision / recall, class agreement; opt-in Inception gFID),
+reconstruction PSNR / LPIPS (opt-in rFID), PNG grids, and the paper's ImageNet anchors (SPEC sections 8, 9).
 
     unite-sci benchmark images [--budget-minutes 5] [--num-samples 100] [--checkpoint CKPT]
                                [cfg_sweep=1.0,2.0,3.0] [recon=N] [sanity=N] [key=value config overrides]
 
 Options without a dot: ``cfg_sweep`` (guidance scales, default: the config's ``sample.cfg``), ``recon``
 (test images reconstructed for rFID / PSNR / LPIPS, default = the sample count), ``sanity`` (real test
-images scored like samples: the gFID floor at this sample count, default = the sample count; 0 skips it).
+images scored like samples: every metric's floor at this sample count, default = the sample count; 0 skips it).
 Every score is computed from files on disk (``cfg_*/samples/samples.npz``): ``unite-sci evaluate`` redoes it.
 
     unite-sci benchmark images --budget-minutes 20 --num-samples 2000 seeds=0,1 jobs=2 threads=1
@@ -35,19 +36,29 @@ from unite_sci_benchmarks.study import METRICS, StudyOptions, _row, run_study
 from unite_sci_modalities.images.adapter import SPLITS
 from unite_sci_modalities.images.io import save_reconstruction_grid
 
-GEN_COLUMNS = ["method", "cfg", "gfid", "num_samples", "nn_train_rmse", "samples_per_s", "best"]
+# fd_<set> (named after the data set, see gen_columns) comes first; gfid is empty unless data.fid=true
+GEN_METRICS = ["precision", "recall", "class_agreement", "pixel_diversity", "gfid", "nn_train_rmse"]
+GEN_COLUMNS = ["method", "cfg", "num_samples", *GEN_METRICS, "samples_per_s", "best"]
 REC_COLUMNS = ["method", "rfid", "psnr_db", "lpips", "num_images"]
 ANCHOR_COLUMNS = ["method", "rfid", "gfid"]
 
 PROTOCOL = """
 - Data: {dataset} ({splits}); images brought to {size} x {size} px by fit={fit} (pad: zero borders, pixels
   untouched), {channels} channel(s); patch {patch} -> {tokens} patch tokens and {tokens} registers (an {side} x {side} latent grid of {latent} channels).
-- gFID: {num} class-balanced samples (label i % 10) against Inception statistics of {ref} (a seeded subset
-  of the training split, cached); reconstruction: the first {recon} test images encoded and decoded (no decoder noise), rFID
-  against those inputs, PSNR (dB, mean per image, on uint8 pixels) and LPIPS (mean).
-- Inception: {inception}; preprocessing {preprocessing}. FID at a few hundred samples is biased upwards and
-  is comparable only between runs with equal sample and reference counts, never with the 50,000-sample
-  ImageNet numbers. The "real test images" row is the floor at this count: the FID of real data.
+- Decision metrics: {num} class-balanced samples (label i % 10) in the features of the data set's own classifier
+  ({classifier}; test accuracy {accuracy}; trained once on the training split, cached): {fd} = Fréchet distance
+  to the features of all {fd_ref} training images; precision / recall (Kynkäänniemi et al. 2019, k = {k}) against
+  {pr_ref} seeded training images (equal counts, as in the paper); class_agreement = share of samples the classifier
+  assigns to the requested class; pixel_diversity = mean within-class pairwise L2 distance, pixels in [0, 1].
+  The "Data" row (real test images at the same count) is each metric's floor: its class_agreement is the
+  classifier's accuracy on those images.
+- Reconstruction: the first {recon} test images encoded and decoded (no decoder noise), PSNR (dB, mean per
+  image, on uint8 pixels), LPIPS (mean) and, with data.fid=true, rFID against those inputs.
+- Inception gFID (opt-in, data.fid=true; here: {inception}): against statistics of {ref}; preprocessing
+  {preprocessing}. On these CPUs Inception runs at about 6 images per CPU-second (statistics of the whole
+  60,000-image training split: about 170 CPU-minutes), so it is not a default column. FID at a few hundred
+  samples is biased upwards and comparable only at equal sample and reference counts, never with the
+  50,000-sample ImageNet numbers.
 - LPIPS: {lpips}.
 - nn_train_rmse: mean pixel RMSE ([0, 1] units) from each sample to its nearest of the first {nn} training images
   (memorisation check: real test images give the reference value).
@@ -94,14 +105,25 @@ class ImageOptions(StudyOptions):
     peer_channels: list[int] = field(default_factory=list)  # the peer UNet's block_out_channels; empty: (16, 32, 32)
 
 
+def scores(gen: dict[str, Any]) -> dict[str, Any]:
+    """A generation result's table columns: the count, ``fd_<set>``, :data:`GEN_METRICS` (None when absent)."""
+    fd = {k.split("/", 1)[1]: v for k, v in gen.items() if k.startswith("images/fd_")}
+    return {"num_samples": gen.get("num_samples"), **fd, **{m: gen.get(f"images/{m}") for m in GEN_METRICS}}
+
+
+def gen_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """:data:`GEN_COLUMNS` with the rows' ``fd_<set>`` column(s) after the sample count."""
+    fds = list(dict.fromkeys(k for row in rows for k in row if k.startswith("fd_")))
+    return GEN_COLUMNS[:3] + fds + GEN_COLUMNS[3:]
+
+
 def real_data_row(adapter: Any, num: int) -> dict[str, Any]:
-    """Real test images scored as if they were samples: the gFID floor at this sample count."""
+    """Real test images scored as if they were samples: every metric's floor at this sample count."""
     test = adapter.build_splits()["test"]
     n = min(num, len(test))
     real = adapter.batch_to_domain(adapter.collate([test[i] for i in range(n)]))
     gen = adapter.evaluate(real)
-    return {"method": f"Data: {n} real test images", "cfg": None, "gfid": gen.get("images/gfid"),
-            "num_samples": n, "nn_train_rmse": gen["images/nn_train_rmse"], "metrics": gen}
+    return {"method": f"Data: {n} real test images", "cfg": None, **scores(gen), "metrics": gen}
 
 
 def real_data_section(config: list[str], num: int) -> list[tuple[str, str]]:
@@ -166,11 +188,11 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
     results = {w: run_protocol("images", out_p / f"cfg_{w:g}", None, num, checkpoint, post + [f"sample.cfg={w}"],
                                recon_num=recon if i == 0 else 0) for i, w in enumerate(scales)}
     first = results[scales[0]]
-    gen_rows = [{"method": "UNITE (this run)", "cfg": w, "gfid": r["generation"].get("images/gfid"),
-                 "num_samples": r["generation"]["num_samples"], "nn_train_rmse": r["generation"]["images/nn_train_rmse"],
+    gen_rows = [{"method": "UNITE (this run)", "cfg": w, **scores(r["generation"]),
                  "samples_per_s": r["sampling"]["samples_per_s"], "best": ""} for w, r in results.items()]
-    scored = [row for row in gen_rows if row["gfid"] is not None]
-    best = min(scored, key=lambda row: row["gfid"]) if scored else None
+    decide = next((c for c in gen_columns(gen_rows) if c.startswith("fd_")), "gfid")  # the domain FD; else gFID
+    scored = [row for row in gen_rows if row.get(decide) is not None]
+    best = min(scored, key=lambda row: row[decide]) if scored else None
     if best is not None:
         best["best"] = "best"
     # the checkpoint's own data settings (with any data.* override), as the samples were scored with
@@ -194,12 +216,17 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
         patch=d.patch_size, tokens=adapter.layout.count, side=adapter.side, latent=model_cfg.get("latent_dim"),
         num=num, ref=gen.get("gfid_reference", "-"), fit=d.fit, recon=first["reconstruction_num"],
         inception=gen.get("inception", "not run (data.fid=false)"), preprocessing=gen.get("fid_preprocessing", "-"),
+        classifier=gen.get("classifier", "not run (data.domain_metrics=false)"),
+        accuracy=f"{gen['classifier_test_accuracy']:.2%} on {gen['classifier_test_images']}"
+        if gen.get("classifier_test_accuracy") is not None else "-",
+        fd=decide, fd_ref=gen.get(f"{decide}_reference_images", "-"), k=gen.get("pr_k", "-"),
+        pr_ref=gen.get("pr_reference_images", "-"),
         lpips=rec.get("lpips_weights", "-"), nn=gen.get("nn_train_reference"), preset=model_cfg.get("preset"),
         arch=", ".join(f"{k} {model_cfg.get(k)}" for k in ("depth", "width", "heads", "dec_depth", "dec_width")),
         solver=sampling["solver"], steps=sampling["steps"], interval=sampling["cfg_interval"],
         budget=f"{steps} steps in {wall} s" if steps is not None else "an unknown budget")
     machine = first.get("machine", {})
-    best_text = f"; best gFID at CFG {best['cfg']:g}" if best else ""
+    best_text = f"; best {decide} at CFG {best['cfg']:g}" if best else ""
     settings = (f"- Checkpoint {checkpoint} (sha256 {first.get('checkpoint_sha256')}), EMA weights: {first.get('ema')}\n"
                 f"- Training: {steps} steps, {wall} s wall, {speed} training images/s (batch {_batch(first)}), "
                 f"{machine.get('processor')}, {machine.get('torch_threads')} torch thread(s)\n"
@@ -208,8 +235,9 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
                 f"- Library versions: {first.get('library_versions')}")
     files = [f"- Samples at CFG {w:g} (one row per class): `cfg_{w:g}/samples/grid.png`, `cfg_{w:g}/samples/samples.npz`"
              for w in results] + [f"- Test images beside their reconstructions: `{rec_grid.name}`"]
-    sections = [("Generation (gFID, lower is better)", markdown_table(gen_rows, GEN_COLUMNS)),
-                ("Reconstruction", markdown_table(rec_rows, REC_COLUMNS)),
+    sections = [(f"Generation ({num} samples per row, real data at the same count; {decide} lower, precision, recall "
+                 "and class agreement higher are better)", markdown_table(gen_rows, gen_columns(gen_rows))),
+                (f"Reconstruction ({first['reconstruction_num']} test images)", markdown_table(rec_rows, REC_COLUMNS)),
                 ("Paper anchors (ImageNet 256 x 256, 50,000 samples; not comparable)",
                  markdown_table(anchors, ANCHOR_COLUMNS)),
                 ("Settings", settings), ("Protocol", protocol), ("Files", "\n".join(files))]

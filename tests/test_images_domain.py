@@ -136,3 +136,20 @@ def test_full_fashion_mnist_classifier_accuracy():
     a = ImageAdapter(build_config("images", ImageConfig, [], []).data)
     clf, reference = a.classifier()
     assert clf.test_accuracy > 0.88 and reference.shape == (55000, 128)
+
+
+@needs_fashion
+def test_benchmark_real_data_row_scores_the_domain_metrics_at_the_sample_count(tiny):
+    from unite_sci_benchmarks.images import gen_columns, real_data_row
+
+    row = real_data_row(tiny, 50)
+    clf, _ = tiny.classifier()
+    test = tiny.build_splits()["test"]
+    labels = test.labels[:50]
+    images = tiny.stack(tiny.batch_to_domain(tiny.collate([test[i] for i in range(50)])))
+    assert row["num_samples"] == 50 and row["method"] == "Data: 50 real test images"
+    assert row["class_agreement"] == clf.accuracy(images, labels)  # the classifier on these 50 images
+    assert row["metrics"]["pr_reference_images"] == 50  # precision / recall at equal counts
+    assert row["fd_fashion_mnist"] > 0 and 0 < row["recall"] <= 1 and row["pixel_diversity"] > 0
+    cols = gen_columns([row])
+    assert cols[cols.index("num_samples") + 1] == "fd_fashion_mnist" and "gfid" in cols
