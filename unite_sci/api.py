@@ -152,5 +152,6 @@ class Model:
 
 def load(checkpoint: str | Path, device: str = "auto", use_ema: bool | None = None,
          overrides: Sequence[str] = ()) -> Model:
-    """A checkpoint as a :class:`Model` (EMA weights unless the run said otherwise)."""
+    """A checkpoint, or a shipped model by name (``load("NAME")``, see ``unite-sci list``), as a :class:`Model`
+    (EMA weights unless the run said otherwise)."""
     return Model(load_model(checkpoint, device, use_ema, overrides))

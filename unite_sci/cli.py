@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value config overrides (default: none)")
 
     s = command("sample", "generate samples from a checkpoint")
-    s.add_argument("--checkpoint", required=True, help="a .pt file written by `unite-sci train`")
+    _source(s)
     s.add_argument("--num", type=int, required=True, help="how many samples")
     s.add_argument("--solver", choices=["heun", "euler", "dopri5"], help="ODE solver (default: the "
                                                                          "checkpoint's sample.solver)")
@@ -84,11 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("name", help="a benchmark (see `unite-sci list`) or a modality")
     b.add_argument("--budget-minutes", type=float, help="training budget (default: the benchmark's own)")
     b.add_argument("--num-samples", type=int, help="samples to score (default: the benchmark's own)")
-    b.add_argument("--checkpoint", help="score this checkpoint instead of training (default: train)")
+    _source(b, "score this checkpoint instead of training (default: train)", required=False)
     b.add_argument("--out", help="report folder (default: runs/benchmark_<name>)")
     b.add_argument("overrides", nargs="*", help="key=value config overrides")
     enc = command("encode", "the Generative Encoder as a tokenizer: inputs -> latents (.npz)")
-    enc.add_argument("--checkpoint", required=True, help="a .pt file written by `unite-sci train`")
+    _source(enc)
     enc.add_argument("--inputs", required=True, help="a file or folder in the modality's formats (as "
                                                      "`unite-sci sample` writes them)")
     enc.add_argument("--out", required=True, help="the .npz to write: latents (sum of registers, C), sizes "
@@ -96,13 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     enc.add_argument("--seed", type=int, default=0, help="seed of the registers' starting noise (default: 0)")
 
     rec = command("reconstruct", "encode and decode inputs; export the reconstructions and score them")
-    rec.add_argument("--checkpoint", required=True, help="a .pt file written by `unite-sci train`")
+    _source(rec)
     rec.add_argument("--inputs", required=True, help="a file or folder in the modality's formats")
     rec.add_argument("--out", required=True, help="folder for the reconstructions and report.json")
     rec.add_argument("--seed", type=int, default=0, help="seed of the registers' starting noise (default: 0)")
 
     pr = command("probe", "linear probe of the pooled latents for a property, beside a random network")
-    pr.add_argument("--checkpoint", required=True, help="a .pt file written by `unite-sci train`")
+    _source(pr)
     pr.add_argument("--property", required=True, help="a property the checkpoint's adapter provides "
                                                        "(an unknown name lists the valid ones)")
     pr.add_argument("--num-train", type=int, default=5000, help="training items for the fit (default: 5000)")
@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dg = command("diagnose", "where generation loses quality: decoder tolerance, the denoiser's one-shot and "
                              "ODE-from-t0 predictions on real test items, and the sampler, scored alike")
-    dg.add_argument("--checkpoint", required=True, help="a .pt file written by `unite-sci train`")
+    _source(dg)
     dg.add_argument("--out", help="folder for report.json, report.md and diagnose.png (default: print only)")
     dg.add_argument("--num", type=int, default=300, help="test items, and samples drawn (default: 300)")
     dg.add_argument("--ode-steps", type=int, default=10, help="Heun steps of each ODE from t0 (default: 10)")
@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     an = command("analyze", "pathway analysis (the paper's Fig. 6, 7 and weight entropy): per-layer CKA and "
                             "cosine of tokenization vs denoising activations, decoded one-shot predictions "
                             "against t, weight entropy against a fresh network")
-    an.add_argument("--checkpoint", required=True, help="a .pt file written by `unite-sci train`")
+    _source(an)
     an.add_argument("--out", default=os.path.join("runs", "analyze"),
                     help="folder for the CSVs, analyze.png, report.json and report.md (default: runs/analyze)")
     an.add_argument("--num", type=int, default=300, help="test items (default: 300)")
@@ -130,7 +130,32 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("overrides", nargs="*", help="data.key=value settings of the checkpoint's modality, e.g. "
                                                  "data.fid=false (default: none)")
 
-    for command in (sub.choices["list"], t, s, e, cf, b, enc, rec, pr, dg, an):
+    sh = command("ship", "make a shipped model from a run: <name>.pt (the weights it samples with, no "
+                         "optimiser state) and <name>.card.yaml; with --score, measured (docs/models.md)")
+    sh.add_argument("--checkpoint", required=True, help="the run's checkpoint (runs/X/checkpoints/last.pt)")
+    sh.add_argument("--name", required=True, help="the model's name, as `--model NAME` will take it")
+    sh.add_argument("--out", help="folder for the two files (default: the package's shipped-models folder)")
+    sh.add_argument("--score", action="store_true", help="score it with `unite-sci benchmark` and put the "
+                                                         "numbers and the command into the card (default: no)")
+    sh.add_argument("--benchmark", help="the benchmark that scores it (default: the model's modality)")
+    sh.add_argument("--num-samples", type=int, default=1000, help="samples scored (default: 1000)")
+    sh.add_argument("--score-out", help="report folder of the scoring (default: runs/ship_<name>)")
+    sh.add_argument("--headline", action="append", metavar="METRIC", help="a generation metric shown by "
+                    "`list`; repeatable (default: the first two in percent)")
+    sh.add_argument("--floor", action="append", metavar="METRIC", help="a generation metric the tests' floor "
+                    "checks; repeatable (default: the headline ones)")
+    sh.add_argument("--floor-margin", type=float, default=20.0, help="the tests' floor: the card's headline "
+                                                                     "numbers minus this (default: 20 points)")
+    sh.add_argument("--floor-override", action="append", default=[], metavar="data.KEY=VALUE",
+                    help="data setting the floor test loads with (e.g. to skip a slow reference); repeatable")
+    sh.add_argument("--dtype", default="float32", help="storage type of the weights: float32, bfloat16 or "
+                                                       "float16; loading casts back (default: float32)")
+    sh.add_argument("--commit", help="the commit that trained the run (default: the newest commit of the "
+                                     "source tree before the run started)")
+    sh.add_argument("--recipe", default="", help="a line on the recipe and why (default: none)")
+    sh.add_argument("overrides", nargs="*", help="benchmark key=value words passed to the scoring (default: none)")
+
+    for command in (sub.choices["list"], t, s, e, cf, b, enc, rec, pr, dg, an, sh):
         command.add_argument("--adapter", action="append", default=[], metavar="PACKAGE.MODULE:CLASS",
                              help="register this adapter class (importable from sys.path or the current "
                                   "folder; nothing installed); repeatable. Also: $UNITE_SCI_ADAPTERS")
@@ -138,6 +163,16 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--threads", type=int, help="use at most this many CPUs: torch threads and worker "
                                                          "processes (default: every CPU)")
     return p
+
+
+def _source(p: argparse.ArgumentParser, what: str = "a .pt file written by `unite-sci train`",
+            required: bool = True) -> None:
+    """``--checkpoint FILE`` or ``--model NAME`` (a shipped model, see docs/models.md), one of them."""
+    g = p.add_mutually_exclusive_group(required=required)
+    either = "" if "default" in what else " (default: none; this or --model)"
+    g.add_argument("--checkpoint", help=what + either)
+    g.add_argument("--model", help="a shipped model by name instead of a checkpoint, see `unite-sci list` "
+                                   "(default: none; this or --checkpoint)")
 
 
 def _benchmarks() -> dict[str, Any]:
@@ -159,6 +194,12 @@ def cmd_list(args: argparse.Namespace) -> None:
 
     print("modalities:", ", ".join(available()))
     print("benchmarks:", ", ".join(sorted(_benchmarks())))
+    from .shipped import shipped_models, summary
+
+    models = shipped_models()
+    print("shipped models:", ", ".join(models) or "none installed (see docs/models.md)")
+    for name, path in models.items():
+        print(f"model {summary(name, path)}")
     for name, p in PRESETS.items():
         tag = " (CPU preset)" if name in CPU_PRESETS else ""
         print(f"preset {name}: depth {p['depth']}, width {p['width']}, heads {p['heads']}; "
@@ -267,6 +308,36 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     print(f"report: {report}")
 
 
+def cmd_ship(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .engine import machine_description
+    from .files import writable_dir
+    from .shipped import BUILTIN, add_scores, entry_point_dirs, find_results, read_card, ship
+
+    _check_positive("--num-samples", args.num_samples)
+    out = args.out or entry_point_dirs().get(BUILTIN)
+    if out is None:
+        from .errors import UserError
+
+        raise UserError("no shipped-models folder is installed (entry point unite_sci.models:builtin); give --out")
+    writable_dir(out, "shipped-models folder")
+    weights = ship(args.checkpoint, args.name, out, args.dtype, args.commit, args.recipe, machine_description())
+    if args.score:
+        bench = args.benchmark or read_card(weights)["modality"]
+        report = Path(args.score_out or os.path.join("runs", f"ship_{args.name}"))
+        words = [bench, "--model", args.name, "--num-samples", str(args.num_samples), *args.overrides]
+        cmd_benchmark(argparse.Namespace(name=bench, out=str(report), budget_minutes=None,
+                                         num_samples=args.num_samples, checkpoint=str(weights),
+                                         overrides=list(args.overrides)))
+        add_scores(weights, find_results(report, weights), "unite-sci benchmark " + " ".join(words),
+                   args.headline, args.floor_margin, floor_overrides=args.floor_override, floor=args.floor)
+    from .shipped import summary
+
+    print(f"shipped: {weights} and {weights.name[:-3]}.card.yaml")
+    print(summary(args.name, weights))
+
+
 def cmd_encode(args: argparse.Namespace) -> None:
     from .api import load
     from .files import writable_dir
@@ -325,7 +396,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 COMMANDS = {"analyze": cmd_analyze,
             "diagnose": cmd_diagnose, "list": cmd_list, "train": cmd_train, "sample": cmd_sample,
             "evaluate": cmd_evaluate, "config": cmd_config, "benchmark": cmd_benchmark, "encode": cmd_encode,
-            "reconstruct": cmd_reconstruct, "probe": cmd_probe}
+            "reconstruct": cmd_reconstruct, "probe": cmd_probe, "ship": cmd_ship}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -359,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
             from .parallel import limit_threads
 
             limit_threads(args.threads)
+        if getattr(args, "model", None):  # a shipped model: its path, after the sha256 check
+            from .shipped import resolve
+
+            args.checkpoint = str(resolve(args.model))
         COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe must fail here, inside the try, not at interpreter exit
     except BrokenPipeError:

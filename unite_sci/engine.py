@@ -25,6 +25,7 @@ from .errors import UserError
 from .files import file_hash, writable_dir, write_json
 from .generation import generate, reconstruct, reconstruct_items  # noqa: F401  (re-exported: one import for callers)
 from .model import CPU_PRESETS
+from .shipped import looks_like_name, resolve as resolve_shipped
 from .trainer import Trainer, resolve_device
 from .unite import Unite, resolve_arch
 
@@ -77,8 +78,9 @@ class LoadedModel:
 
 def load_model(checkpoint: str | Path, device: str = "auto", use_ema: bool | None = None,
                overrides: list[str] = ()) -> LoadedModel:
-    """Rebuild model and adapter from a checkpoint (EMA weights unless ``sample.use_ema`` says otherwise,
-    or ``use_ema`` is given), in eval mode.
+    """Rebuild model and adapter from a checkpoint, or a shipped model by name (see ``unite-sci list``; its
+    sha256 is checked against its card: :mod:`unite_sci.shipped`), with the EMA weights unless
+    ``sample.use_ema`` says otherwise or ``use_ema`` is given, in eval mode.
 
     ``overrides`` may change sampling and data settings (``sample.*``, ``data.*``), not the model.
 
@@ -86,7 +88,10 @@ def load_model(checkpoint: str | Path, device: str = "auto", use_ema: bool | Non
         samples, info = generate(loaded.model, loaded.adapter, loaded.cfg.sample)
         loaded.train_steps, loaded.ema  # also in provenance(loaded), beside every reported number
     """
-    state = load_checkpoint(Path(checkpoint))
+    path = Path(checkpoint)
+    if not path.exists() and looks_like_name(str(checkpoint)):  # a shipped model by name, hash checked
+        checkpoint = path = resolve_shipped(str(checkpoint))
+    state = load_checkpoint(path)
     if state["modality"] not in available():  # name the adapter class it was trained with, if recorded
         raise unknown_modality(state["modality"], state.get("adapter_class", ""))
     cls = get_adapter_class(state["modality"])
@@ -107,10 +112,12 @@ def load_model(checkpoint: str | Path, device: str = "auto", use_ema: bool | Non
     adapter.load_state_dict(state.get("adapter_state", {}))
     model = Unite(adapter, cfg)
     model.load_state_dict(state["model"])
-    if use_ema:
+    if use_ema and "ema" in state:  # a shipped model has none: its ``model`` already holds them
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(state["ema"][name])
+    if "ema" not in state:
+        use_ema = state.get("weights") == "ema"
     return LoadedModel(model=model.to(resolve_device(device)).eval(), adapter=adapter, cfg=cfg,
                        checkpoint=str(checkpoint), checkpoint_sha256=file_hash(checkpoint)[:16],
                        train_steps=state["step"], train_wall_s=round(state["elapsed"], 1), ema=use_ema)
