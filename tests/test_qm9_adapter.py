@@ -16,14 +16,19 @@ from unite_sci_modalities.qm9.adapter import QM9Adapter, QM9Config
 SMALL = ["data.num_train=64", "data.num_val=16", "data.num_test=16", "data.eval_workers=1"]
 
 
+PERFECT = {"reconstruction/match_rate": 100.0, "reconstruction/rmsd": 0.0}
+
+
 class TestQM9Conformance(AdapterConformance):
     modality = "qm9"
     data_overrides = SMALL
+    perfect_reconstruction = PERFECT
 
 
 class TestQM9FixedLayoutConformance(AdapterConformance):
     modality = "qm9"
     data_overrides = SMALL + ["data.registers=fixed", "data.num_registers=32"]
+    perfect_reconstruction = PERFECT
 
 
 def adapter(*over):

@@ -6,13 +6,24 @@
 
 pytest collects the inherited ``test_*`` methods. They check the adapter against the Protocol and run
 it through the core: a training step with gradients reaching its modules, sampling, export, reading
-back, evaluation and the reconstruction path.
+back, evaluation and the reconstruction path. The checks compare values, not only shapes and keys:
+
+- ``state_dict`` -> ``load_state_dict`` of a fresh adapter gives back every value, also values changed
+  before loading (a ``load_state_dict`` that does nothing fails), and survives ``torch.load(weights_only=True)``;
+- ``export`` -> ``load_samples`` gives back the samples' arrays and numbers exactly;
+- ``evaluate_reconstruction(inputs, inputs)`` equals the test class's ``perfect_reconstruction`` (the score
+  of a perfect reconstruction, e.g. ``{"toy/rmse": 0.0}``); an adapter that scores reconstructions must
+  declare it (``{}`` states that no key has a known perfect value).
 """
 from __future__ import annotations
 
+import dataclasses
+import io
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .adapter import Batch, get_adapter_class, missing_members
@@ -29,6 +40,7 @@ class AdapterConformance:
     modality: str = ""
     data_overrides: list[str] = []
     batch_size: int = 4
+    perfect_reconstruction: dict[str, float] | None = None  # metric -> its value for a perfect reconstruction
 
     # ------------------------------------------------------------------ helpers
     def config(self) -> RunConfig:
@@ -88,6 +100,8 @@ class AdapterConformance:
         assert files and all(Path(f).exists() for f in files)
         loaded = adapter.load_samples(tmp_path / "out")
         assert len(loaded) == 3
+        for i, (a, b) in enumerate(zip(samples, loaded)):
+            assert_same_values(a, b, f"sample {i} after export and load_samples", unset_ok=True)
         metrics = adapter.evaluate(loaded, str(tmp_path / "per_sample.csv"))
         assert metrics.get("num_samples") == 3
         assert (tmp_path / "per_sample.csv").exists()
@@ -101,10 +115,88 @@ class AdapterConformance:
             rec = adapter.to_domain(model.decode(model.encode(batch), batch.mask), batch.mask)
         inputs = adapter.batch_to_domain(batch)
         assert len(rec) == len(inputs) == self.batch_size
-        assert isinstance(adapter.evaluate_reconstruction(inputs, inputs), dict)
+        perfect = adapter.evaluate_reconstruction(inputs, inputs)
+        assert isinstance(perfect, dict)
+        if not perfect:
+            return
+        declared = self.perfect_reconstruction
+        assert declared is not None, (f"{type(self).__name__}: evaluate_reconstruction returns {sorted(perfect)}; "
+                                      "declare perfect_reconstruction = {metric: value} ({} for none)")
+        for key, value in declared.items():
+            assert key in perfect, f"{key} not in {sorted(perfect)}"
+            assert math.isclose(float(perfect[key]), value, rel_tol=1e-6, abs_tol=1e-6), (key, perfect[key], value)
 
     def test_state_roundtrip(self) -> None:
         adapter, cfg, _ = self.setup()
+        state = adapter.state_dict()
+        buffer = io.BytesIO()
+        torch.save(state, buffer)  # checkpoints hold the state and load it with weights_only=True
+        buffer.seek(0)
+        assert_same_values(state, torch.load(buffer, weights_only=True), "state after torch.save / torch.load")
         other = get_adapter_class(self.modality)(cfg.data)
-        other.load_state_dict(adapter.state_dict())
-        assert other.state_dict().keys() == adapter.state_dict().keys()
+        other.load_state_dict(state)
+        assert_same_values(state, other.state_dict(), "state after load_state_dict")
+        changed, count = perturbed(state)
+        if count:  # values another training set would give: they must reach the fresh adapter too
+            other = get_adapter_class(self.modality)(cfg.data)
+            other.load_state_dict(changed)
+            assert_same_values(changed, other.state_dict(), "changed state after load_state_dict")
+
+
+# ---------------------------------------------------------------------- value comparison
+def _leaves(x: Any, path: str = "") -> list[tuple[str, Any]]:
+    """(path, value) of every array, tensor and number inside x; strings and None are labels, not values."""
+    if isinstance(x, (str, bytes)) or x is None:
+        return []
+    if isinstance(x, (torch.Tensor, np.ndarray, bool, int, float, np.number, np.bool_)):
+        return [(path, x)]
+    if isinstance(x, dict):
+        return [leaf for k in sorted(x, key=str) for leaf in _leaves(x[k], f"{path}.{k}")]
+    if dataclasses.is_dataclass(x):
+        return [leaf for f in dataclasses.fields(x) for leaf in _leaves(getattr(x, f.name), f"{path}.{f.name}")]
+    if hasattr(x, "_fields"):  # NamedTuple
+        return [leaf for k in x._fields for leaf in _leaves(getattr(x, k), f"{path}.{k}")]
+    if isinstance(x, (list, tuple)):
+        return [leaf for i, v in enumerate(x) for leaf in _leaves(v, f"{path}[{i}]")]
+    raise TypeError(f"cannot compare a {type(x).__name__} at {path or 'top level'}")
+
+
+def _array(v: Any) -> np.ndarray:
+    return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+
+
+def assert_same_values(a: Any, b: Any, what: str, unset_ok: bool = False) -> None:
+    """Every array and number of a equals b's, exactly (NaN equals NaN), at the same place.
+
+    unset_ok: b may hold values where a has None (a generated image's label, set when it is exported)."""
+    la, lb = _leaves(a), dict(_leaves(b))
+    paths = [p for p, _ in la]
+    assert la or not unset_ok, f"{what}: the sample holds no arrays or numbers to compare"
+    assert (set(paths) <= set(lb)) if unset_ok else paths == list(lb), f"{what}: fields {paths} != {list(lb)}"
+    for path, x in la:
+        y = lb[path]
+        x, y = _array(x), _array(y)
+        assert x.shape == y.shape, f"{what}: {path} has shape {y.shape}, expected {x.shape}"
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind in "fc"), f"{what}: {path} differs: {y} != {x}"
+
+
+def perturbed(state: Any) -> tuple[Any, int]:
+    """A copy of a state with every float value x -> 1.5 x + 0.25 and every integer n -> n + 1 (positive
+    scales stay positive); returns it and how many values changed."""
+    if isinstance(state, dict):
+        out = {k: perturbed(v) for k, v in state.items()}
+        return {k: v for k, (v, _) in out.items()}, sum(n for _, n in out.values())
+    if isinstance(state, (list, tuple)) and not hasattr(state, "_fields"):
+        out = [perturbed(v) for v in state]
+        return type(state)(v for v, _ in out), sum(n for _, n in out)
+    if isinstance(state, torch.Tensor) and state.numel():
+        if state.dtype == torch.bool:
+            return ~state, 1
+        return (state * 1.5 + 0.25 if state.is_floating_point() else state + 1), 1
+    if isinstance(state, np.ndarray) and state.size and state.dtype.kind in "fiu":
+        return (state * 1.5 + 0.25 if state.dtype.kind == "f" else state + 1).astype(state.dtype), 1
+    if isinstance(state, float):
+        return state * 1.5 + 0.25, 1
+    if isinstance(state, int) and not isinstance(state, bool):
+        return state + 1, 1
+    return state, 0

@@ -350,16 +350,17 @@ class QM9Adapter(AdapterBase):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         z, pos = [s[0] for s in samples], [s[1] for s in samples]
-        paths = [out_dir / "samples.extxyz", out_dir / "samples.sdf", out_dir / "gallery.png"]
+        paths = [out_dir / "samples.extxyz", out_dir / "samples.sdf", out_dir / "gallery.png", out_dir / "samples.npz"]
         qio.write_extxyz(paths[0], z, pos)
         render.write_sdf(paths[1], z, pos)
         render.gallery_png(paths[2], z, pos)
+        qio.write_npz(paths[3], z, pos)  # exact coordinates (extxyz rounds to 1e-8 A): re-scoring repeats the numbers
         return paths
 
     def load_samples(self, path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
         path = Path(path)
         if path.is_dir():
-            found = [path / n for n in ("samples.extxyz", "samples.sdf", "samples.npz") if (path / n).exists()]
+            found = [path / n for n in ("samples.npz", "samples.extxyz", "samples.sdf") if (path / n).exists()]
             if not found:
                 raise DataError(f"'{path}' holds no samples.extxyz, samples.sdf or samples.npz")
             path = found[0]
