@@ -99,5 +99,15 @@ def test_skipped_row_and_finished_jobs_in_the_table(tmp_path):
     # fd: the data set's fd_<set> key; precision, class agreement, diversity: absent from these results
     assert ("| unite | 1.0 | 2 | 12.00 [12.00–12.00] | – | 0.50 [0.50–0.50] | – | – | 90.00 [80.00–100.00] |"
             in report)
-    assert f"| pixel_unet | 1.0 | 0 |" in report and NO_DIFFUSERS in report
+    assert "| pixel_unet | 1.0 | 0 |" in report and NO_DIFFUSERS in report
     assert "60.00 [60.00–60.00] | 1.00 [1.00–1.00] |" in report  # wall seconds and threads of every row
+
+
+def test_image_rows_say_when_diffusers_is_missing(tmp_path, monkeypatch):
+    import unite_sci_benchmarks.images as bench
+
+    monkeypatch.setattr(bench, "find_spec", lambda name: None if name == "diffusers" else object())
+    report = bench.run(str(tmp_path), 2.0, overrides=["seeds=0", "run=false", "sanity=0"]).read_text()
+    assert "| pixel_unet | 2.0 | 0 |" in report and NO_DIFFUSERS in report
+    with pytest.raises(UserError, match="one guidance scale"):
+        bench.run(str(tmp_path), overrides=["seeds=0", "cfg_sweep=1,2"])
