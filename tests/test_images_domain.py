@@ -105,6 +105,7 @@ def test_class_agreement_on_real_test_images_is_the_test_accuracy(tiny):
     assert 0.2 < clf.test_accuracy < 1.0  # 10 classes: above chance (0.1) after 9 steps
     assert m["images/class_agreement"] == clf.test_accuracy == m["classifier_test_accuracy"]
     assert m["pr_k"] == 3 and m["pr_reference_images"] == 200 and m["domain_num_samples"] == 200
+    assert tiny.quick_metrics(real)["images/pixel_diversity"] == m["images/pixel_diversity"]  # one definition
     # noise scores further from the data than real test images do, in every domain metric
     noise = [ImageSample(np.random.default_rng(i).integers(0, 256, (1, 32, 32), dtype=np.uint8), s.label)
              for i, s in enumerate(real)]
