@@ -223,6 +223,11 @@ class AdapterBase:
         fixes the atom types); identity by default."""
         return out
 
+    def export_reconstructions(self, inputs: list[Any], recons: list[Any], out_dir: Path) -> list[Path]:
+        """Files of reconstructions (``unite-sci reconstruct``): ``export(recons)``; an adapter whose export
+        draws pictures overrides this so that each input is drawn beside its reconstruction."""
+        return self.export(recons, out_dir)
+
     def finish_samples(self, out: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
         """Generation only, after :meth:`apply_conditions`: an opt-in, named repair of generated decoder
         outputs (crystals' charge balance). Never applied to reconstructions; identity by default."""

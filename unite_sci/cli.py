@@ -358,8 +358,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
     out = writable_dir(args.out)
     m = load(args.checkpoint)
-    recons, report = m.reconstruct(m.read(args.inputs), args.seed)
-    files = m.adapter.export(recons, out)
+    inputs = m.read(args.inputs)
+    recons, report = m.reconstruct(inputs, args.seed)
+    pairs = getattr(m.adapter, "export_reconstructions", None)  # inputs beside outputs (AdapterBase)
+    files = pairs(inputs, recons, out) if pairs is not None else m.adapter.export(recons, out)
     report = {**report, "inputs": args.inputs, "num_inputs": len(recons), "seed": args.seed,
               "files": [str(f) for f in files], **provenance(m.loaded)}
     write_json(report, out / "report.json")

@@ -413,6 +413,17 @@ class CrystalAdapter(AdapterBase):
         paths.append(cio.plot_cells(samples, out_dir / "cells.png"))
         return paths
 
+    def export_reconstructions(self, inputs: list, recons: list, out_dir: Path) -> list[Path]:
+        """:meth:`export` of the reconstructions, with cells.png drawing the first 4 inputs each beside its
+        reconstruction."""
+        from . import io as cio
+
+        paths = self.export(recons, out_dir)
+        pairs = [c for pair in zip(inputs, recons) for c in pair][:8]
+        titles = [f"{kind} {i}" for i in range(len(pairs) // 2) for kind in ("input", "reconstruction")]
+        cio.plot_cells(pairs, Path(out_dir) / "cells.png", titles=titles)
+        return paths
+
     def load_samples(self, path: Path) -> list:
         """A ``samples.npz`` (or a folder holding one), a folder of CIFs (or holding ``cifs/``), a CDVAE
         csv or an extxyz file -> CrystalItems."""

@@ -73,23 +73,41 @@ def write_extxyz(structures: Sequence[Any], path: str | Path) -> Path:
     return path
 
 
-def plot_cells(structures: Sequence[Any], path: str | Path, n: int = 8, cols: int = 4) -> Path:
-    """PNG grid of the first ``n`` buildable cells (ase's matplotlib renderer, unit cell outlined)."""
+def plot_cells(structures: Sequence[Any], path: str | Path, n: int = 8, cols: int = 4,
+               titles: Sequence[str] | None = None) -> Path:
+    """PNG grid of the first ``n`` cells (ase's matplotlib renderer, unit cell outlined), each titled
+    ``titles[i]`` (default its index) and its reduced formula, and below them a colour key of the elements
+    drawn (ase's Jmol colours). A cell that cannot be built says so in its place."""
     import matplotlib
     matplotlib.use("Agg")  # files only: no display on servers
     import matplotlib.pyplot as plt
+    from ase.data import chemical_symbols
+    from ase.data.colors import jmol_colors
     from ase.visualize.plot import plot_atoms
-    items = [(i, s) for i, s in ((i, _as_structure(x)) for i, x in enumerate(structures)) if s is not None][:n]
+    from matplotlib.patches import Patch
+
+    items = [(i, _as_structure(x)) for i, x in enumerate(structures)][:n]
     rows = max(1, -(-len(items) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    drawn: set[int] = set()
     for ax, (i, s) in zip(axes.flat, items):
-        plot_atoms(_to_atoms(s, str(i)), ax, rotation="10x,20y,0z", show_unit_cell=2, radii=0.5)
-        ax.set_title(f"{i}: {s.composition.reduced_formula}", fontsize=9)
+        name = titles[i] if titles is not None else str(i)
+        if s is None:
+            ax.text(0.5, 0.5, f"{name}: could not build this cell", ha="center", va="center", fontsize=9,
+                    transform=ax.transAxes)
+            continue
+        atoms = _to_atoms(s, str(i))
+        plot_atoms(atoms, ax, rotation="10x,20y,0z", show_unit_cell=2, radii=0.5)
+        drawn |= set(atoms.numbers.tolist())
+        ax.set_title(f"{name}: {s.composition.reduced_formula}", fontsize=9)
+    key = [Patch(facecolor=jmol_colors[z], edgecolor="black", label=chemical_symbols[z]) for z in sorted(drawn)]
+    if key:
+        fig.legend(handles=key, loc="lower center", ncol=min(len(key), 12), fontsize=9, frameon=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.6 / (3 * rows + 0.6), 1, 1))  # room for the key
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

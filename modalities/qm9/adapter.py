@@ -357,6 +357,17 @@ class QM9Adapter(AdapterBase):
         qio.write_npz(paths[3], z, pos)  # exact coordinates (extxyz rounds to 1e-8 A): re-scoring repeats the numbers
         return paths
 
+    def export_reconstructions(self, inputs: list, recons: list, out_dir: Path) -> list[Path]:
+        """:meth:`export` of the reconstructions, with gallery.png drawing the first 8 inputs each beside
+        its reconstruction."""
+        from . import render
+
+        paths = self.export(recons, out_dir)
+        pairs = [m for pair in zip(inputs, recons) for m in pair][:16]
+        titles = [f"{kind} {i}" for i in range(len(pairs) // 2) for kind in ("input", "reconstruction")]
+        render.gallery_png(Path(out_dir) / "gallery.png", [m[0] for m in pairs], [m[1] for m in pairs], titles=titles)
+        return paths
+
     def load_samples(self, path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
         path = Path(path)
         if path.is_dir():
