@@ -18,8 +18,10 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     args = ["train", "--modality", "toy", "--max-steps", "4", *TINY, "train.log_every=1", "flow.flow_batches=2"]
     subprocess.run([sys.executable, "-m", "unite_sci.cli", *args, "--out", str(tmp_path / "one")],
                    check=True, env=ENV, capture_output=True, timeout=300)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        "--master_port=29531", "-m", "unite_sci.cli", *args, "--out", str(tmp_path / "two")],
+    # --standalone: a c10d rendezvous on localhost port 0, so the OS picks a free port (never a fixed one
+    # that a parallel test run or another program may hold)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "unite_sci.cli", *args, "--out", str(tmp_path / "two")],
                        env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -101,10 +100,8 @@ def test_cache_round_trip(qm9: Molecules, cache_dir: Path, monkeypatch: pytest.M
     def no_parse(*_: object) -> None:
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(data, "_parse_all", no_parse)
-    start = time.perf_counter()
+    monkeypatch.setattr(data, "_parse_all", no_parse)  # the cache, not a parse: no wall-clock limit needed
     again = load_qm9(cache_dir=cache_dir)
-    assert time.perf_counter() - start < 3.0  # about 0.3 s here; generous for a loaded machine
     assert np.array_equal(again.index, qm9.index) and again.smiles == qm9.smiles
     assert all(np.array_equal(a, b) for a, b in zip(again.z, qm9.z))
     assert all(np.array_equal(a, b) for a, b in zip(again.pos, qm9.pos))
