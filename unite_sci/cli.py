@@ -40,8 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--budget-minutes", type=float, help="stop after this much wall time (default: the "
                                                         "config's train.budget_minutes)")
     t.add_argument("--out", help="run folder (default: runs/<modality>)")
-    t.add_argument("--data-dir", help="folder with the data set's files (default: the modality's own, "
-                                      "downloaded into the cache)")
+    t.add_argument("--data", "--data-dir", dest="data_dir", metavar="FILE_OR_FOLDER",
+                   help="the data set's file or folder, as the modality reads it (data.data_dir; see "
+                        "docs/) (default: the modality's own, downloaded into the cache)")
     t.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint "
                                                          "(default: start from step 0)")
     t.add_argument("overrides", nargs="*", help="key=value config overrides (default: none)")
@@ -70,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--per-sample", help="CSV with one row per sample; the modality's plots go beside it "
                                         "(default: with --out, <out without .json>_per_sample.csv, else none)")
     e.add_argument("--out", help="write the metrics JSON here too (default: print only)")
-    e.add_argument("--data-dir", help="folder with the data set's files, for reference metrics (default: "
-                                      "the modality's own)")
+    e.add_argument("--data", "--data-dir", dest="data_dir", metavar="FILE_OR_FOLDER",
+                   help="the data set's file or folder, for reference metrics, data.data_dir (default: the "
+                        "modality's own)")
     e.add_argument("overrides", nargs="*", help="data.key=value settings of the modality (default: none)")
 
     cf = command("config", "print the resolved run config (schema defaults <- the modality's YAML <- --config "

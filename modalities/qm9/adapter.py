@@ -155,10 +155,7 @@ class QM9Adapter(AdapterBase):
         mols = mols.subset(np.arange(min(limit, len(mols)))) if limit else mols
         if split == "train":
             mols = train_half(mols, self.cfg.train_half)
-        if frame and self.cfg.canonical_frame:
-            mols = qdata.Molecules(mols.z, [principal_axes_frame(z, p) for z, p in zip(mols.z, mols.pos)],
-                                   mols.smiles, mols.index)
-        return mols
+        return mols.principal_frame() if frame and self.cfg.canonical_frame else mols
 
     def build_splits(self):
         if self._splits is None:
@@ -293,9 +290,20 @@ class QM9Adapter(AdapterBase):
 
         if self._train_smiles is None:
             mols = self.molecules("train", frame=False)
-            cache = Path(self.cfg.cache_dir or qdata.default_cache_dir()) / f"train_smiles_{len(mols)}{self.cfg.train_half}.txt"
+            cache = self.reference_cache(f"train_smiles_{len(mols)}", ".txt")
             self._train_smiles = metrics.training_smiles(mols.z, mols.pos, cache, **self._pool())
         return self._train_smiles
+
+    def reference_cache(self, stem: str, suffix: str) -> Path:
+        """Where a reference made from the training split (novelty SMILES, geometry) is cached."""
+        return Path(self.cfg.cache_dir or qdata.default_cache_dir()) / f"{stem}{self.cfg.train_half}{suffix}"
+
+    def reference_notes(self) -> dict[str, str]:
+        """What ``evaluate`` writes beside its numbers about the reference data: ``split`` (the split and
+        novelty's reference), ``train`` (the training molecules, as in "the first 10,000 ...")
+        and ``label`` (the reference histogram's legend)."""
+        return {"split": "EDM (100,000 / 17,748 / 13,083), novelty against the training split",
+                "train": "QM9 training molecules (EDM split)", "label": "QM9 train"}
 
     def geometry_reference(self) -> Geometry:
         """Geometry of the first ``GEOMETRY_REFERENCE`` training molecules (computed once, cached)."""
@@ -304,7 +312,7 @@ class QM9Adapter(AdapterBase):
         if self._geometry_ref is None:
             mols = self.molecules("train", frame=False)
             n = min(GEOMETRY_REFERENCE, len(mols))
-            cache = Path(self.cfg.cache_dir or qdata.default_cache_dir()) / f"geometry_train_{n}{self.cfg.train_half}.npz"
+            cache = self.reference_cache(f"geometry_train_{n}", ".npz")
             self._geometry_ref = geometry.reference(mols.z[:n], mols.pos[:n], cache)
         return self._geometry_ref
 
@@ -316,17 +324,17 @@ class QM9Adapter(AdapterBase):
         z, pos = [s[0] for s in samples], [s[1] for s in samples]
         train = self.train_smiles() if self.cfg.novelty else None
         out = metrics.evaluate_generation(z, pos, train, per_sample_csv, **self._pool())
-        out["split"] = "EDM (100,000 / 17,748 / 13,083), novelty against the training split"
+        out["split"] = self.reference_notes()["split"]
         if self.cfg.geometry:
             from . import geometry
 
             ref, gen = self.geometry_reference(), geometry.measure(z, pos)
             out.update(geometry.compare(gen, ref))
-            out["geometry/reference"] = (f"the first {ref.num_molecules:,} QM9 training molecules (EDM split); "
+            out["geometry/reference"] = (f"the first {ref.num_molecules:,} {self.reference_notes()['train']}; "
                                          "bonds: EDM distance-table order > 0")
             if per_sample_csv is not None:
                 png = geometry.bond_length_png(beside(per_sample_csv, "bond_lengths.png"), gen, ref,
-                                               labels=("generated", "QM9 train"))
+                                               labels=("generated", self.reference_notes()["label"]))
                 out["geometry/histogram_png"] = str(png)
         return out
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from unite_sci.errors import ConfigError, DataError
 from unite_sci.files import atomic_write, cache_root
 
-from ..atoms import masses, random_rotations, symbol_to_z
+from ..atoms import masses, principal_axes_frame, random_rotations, symbol_to_z
 
 CSV_NAMES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 COLUMNS = ("Index", "SMILES", "Elements", "XYZ_Ang")  # the only columns we read
@@ -85,6 +85,11 @@ class Molecules:
             smiles=[self.smiles[i] for i in idx],
             index=self.index[idx],
         )
+
+    def principal_frame(self) -> Molecules:
+        """The same molecules, each rotated into its principal-axes frame (``atoms.principal_axes_frame``)."""
+        return Molecules(self.z, [principal_axes_frame(z, p) for z, p in zip(self.z, self.pos)], self.smiles,
+                         self.index)
 
 
 # ---------------------------------------------------------------------------------------------- sources

@@ -1,0 +1,1 @@
+"""Your own molecules: SDF, XYZ/extxyz or SMILES files as a modality (``--modality molecules``)."""
