@@ -5,11 +5,21 @@ same run, the cost split of one step, padding share, sampling speed per solver.
                               [precision=fp32,bf16] [compile=false,true] [mem_batches=32,128] [stages=true]
                               [eval=qm9,mp20,images eval_num=200] [sampling=true]
 
+Each modality's CPU default, eager against compiled, with the matmul rate of the same run (the other
+sections skipped)::
+
+    unite-sci benchmark speed modality=qm9,mp20,images presets=default batch=0 precision=fp32 \
+        compile=false,true stages=false sampling=false mem_batches=[] eval=
+
+``modality`` takes several modalities (every section but evaluation runs for each); ``presets=default`` is
+each modality's own ``model.preset`` and ``batch=0`` its own ``train.batch_size`` (configs/<modality>.yaml).
+
 Sections: training samples/s and MFU per preset and precision; the cost split of one step; padding;
 sampling per solver; peak memory per preset and batch size (each in a fresh process); UNITE's joint
 step against the two-stage baseline's phases; evaluation throughput serial against parallel per modality
 (``eval=`` empty skips it). ``compile=false,true`` measures eager and ``torch.compile``d training steps
-side by side (FLOPs always counted on the eager model). ``sampling=false`` skips sampling (``--num-samples``
+side by side (FLOPs always counted on the eager model; compiled graphs come from and go to the persistent
+cache of :func:`unite_sci.trainer.persistent_compile_cache`). ``sampling=false`` skips sampling (``--num-samples``
 sets its count, default 64).
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on a real step (forward + backward);
@@ -39,9 +49,9 @@ from unite_sci_benchmarks.costs import cuda_sync, eval_throughput, peak_memory, 
 class SpeedOptions:
     """This benchmark's ``key=value`` words without a dot (see the module docstring)."""
 
-    modality: str = "qm9"
-    presets: list[str] = field(default_factory=lambda: ["tiny", "small"])
-    batch: int = ranged(128, lo=1)
+    modality: list[str] = field(default_factory=lambda: ["qm9"])
+    presets: list[str] = field(default_factory=lambda: ["tiny", "small"])  # "default": the modality's own
+    batch: int = ranged(128, lo=0)      # 0: each modality's own train.batch_size
     steps: int = ranged(6, lo=1)        # timed repetitions of each measured part
     precision: list[Precision] = field(default_factory=lambda: [Precision.fp32, Precision.bf16])
     compile: list[bool] = field(default_factory=lambda: [False])
@@ -124,6 +134,26 @@ def measure_preset(modality: str, preset: str, batch: int, steps: int, precision
             "peak_gpu_MB": peak_gpu, "model": m, "adapter": adapter, "cfg": cfg}
 
 
+def resolve_defaults(modality: str, presets: list[str], batch: int, overrides: list[str]) -> tuple[list[str], int]:
+    """``presets`` and ``batch`` with ``default`` / 0 replaced by the modality's config values."""
+    cfg = load_config(modality, overrides=overrides)
+    return [str(cfg.model.preset) if p == "default" else p for p in presets], batch or cfg.train.batch_size
+
+
+def side_by_side(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Eager and compiled training rows of the same modality, preset and precision as one row each."""
+    out = {}
+    for r in rows:
+        key = (r["modality"], r["preset"], r["precision"])
+        mode = "compiled" if r["compiled"] else "eager"
+        row = out.setdefault(key, {"modality": key[0], "preset": key[1], "precision": key[2], "batch": r["batch"]})
+        row.update({f"{mode}_samples_per_s": r["samples_per_s"], f"{mode}_mfu_%": r["mfu_%"]})
+    both = [r for r in out.values() if "eager_samples_per_s" in r and "compiled_samples_per_s" in r]
+    for r in both:
+        r["speedup"] = r["compiled_samples_per_s"] / r["eager_samples_per_s"]
+    return both
+
+
 def padding_shares(adapter, data, batch: int, steps: int = 200, bucket: int = 16) -> tuple[float, float]:
     """Share of padded element slots over ``steps`` batches: random batches vs size-bucketed ones."""
     from unite_sci.trainer import StepBatchSampler
@@ -170,24 +200,26 @@ def sampling_speed(m, adapter, cfg, num: int, solvers: list[tuple[str, int]]) ->
 def run(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
         checkpoint: str | None = None, overrides: list[str] = ()) -> Path:
     opts, passthrough = parse_options(SpeedOptions, overrides)
-    modality, presets, batch, steps = opts.modality, opts.presets, opts.batch, opts.steps
+    modalities, steps = opts.modality, opts.steps
     precisions = [str(p) for p in opts.precision]  # the plain words key the report's tables
     compiled = [str(c).lower() for c in opts.compile]  # "false" / "true": words of a config override
     device = resolve_device("auto")
     ref = {p: matmul_flops(dtype=torch.float32 if p == "fp32" else torch.bfloat16, device=device.type)
            for p in precisions}
+    plans = {m: resolve_defaults(m, opts.presets, opts.batch, passthrough) for m in modalities}
     rows, splits, sampling = [], [], []
-    for preset in presets:
-        for prec in precisions:
-            for comp in compiled:
-                r = measure_preset(modality, preset, batch, steps, prec, passthrough + [f"train.compile={comp}"])
-                rows.append(r)
-                if comp == compiled[0]:
-                    splits.append((f"{preset} / {prec}", r["cost_split_s"], r["step_s"]))
-        if opts.sampling:
-            sampling += [{"preset": preset, **s} for s in sampling_speed(
-                r["model"], r["adapter"], r["cfg"], num_samples or 64,
-                [("euler", 25), ("heun", 25), ("heun", 50), ("dopri5", 0)])]
+    for modality, (presets, batch) in plans.items():
+        for preset in presets:
+            for prec in precisions:
+                for comp in compiled:
+                    r = measure_preset(modality, preset, batch, steps, prec, passthrough + [f"train.compile={comp}"])
+                    rows.append({"modality": modality, **r})
+                    if comp == compiled[0]:
+                        splits.append((f"{modality} / {preset} / {prec}", r["cost_split_s"], r["step_s"]))
+            if opts.sampling:
+                sampling += [{"modality": modality, "preset": preset, **s} for s in sampling_speed(
+                    r["model"], r["adapter"], r["cfg"], num_samples or 64,
+                    [("euler", 25), ("heun", 25), ("heun", 50), ("dopri5", 0)])]
     # the reference again after the training runs: a busy shared host lowers it, and the higher of the
     # two readings makes the utilisation the conservative one
     ref_before = dict(ref)
@@ -196,11 +228,12 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
     ref = {p: max(ref_before[p], ref_after[p]) for p in ref}
     for r in rows:
         r["mfu_%"] = 100 * r["achieved_GFLOPs"] * 1e9 / ref[r["precision"]]
-    memory = [peak_memory(modality, preset, int(mb), "fp32", passthrough)
-              for preset in presets for mb in ([32, batch] if opts.mem_batches is None else opts.mem_batches)]
-    stages = [r for preset in presets for r in stage_costs(modality, preset, batch, steps, passthrough)
-              ] if opts.stages else []
-    evals = [r for m in opts.eval for r in eval_throughput(m, opts.eval_num, passthrough if m == modality else [])]
+    memory = [{"modality": m, **peak_memory(m, preset, int(mb), "fp32", passthrough)}
+              for m, (presets, batch) in plans.items() for preset in presets
+              for mb in ([32, batch] if opts.mem_batches is None else opts.mem_batches)]
+    stages = [{"modality": m, **r} for m, (presets, batch) in plans.items() for preset in presets
+              for r in stage_costs(m, preset, batch, steps, passthrough)] if opts.stages else []
+    evals = [r for m in opts.eval for r in eval_throughput(m, opts.eval_num, passthrough if m in modalities else [])]
     table = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
               if k not in ("cost_split_s", "model", "adapter", "cfg")} for r in rows]
     split_md = "".join(f"**{name}** (step {step:.3f} s)\n\n" + markdown_table(
@@ -211,24 +244,27 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
     sections = [
         ("Machine", "\n".join(f"- {k}: {v}" for k, v in machine_description().items())),
         ("Matmul reference", ref_md),
-        (f"Training ({modality}, batch {batch})", markdown_table(table, [
-            "preset", "precision", "compiled", "params_M", "samples_per_s", "achieved_GFLOPs", "mfu_%", "padding_share",
+        ("Training", markdown_table(table, [
+            "modality", "preset", "precision", "compiled", "batch", "params_M", "samples_per_s", "achieved_GFLOPs", "mfu_%", "padding_share",
             "padding_random_batches", "padding_bucketed_batches"])),
+        ("Eager against compiled (MFU against the matmul reference above)", markdown_table(
+            side_by_side(table), ["modality", "preset", "precision", "batch", "eager_samples_per_s", "eager_mfu_%",
+                                  "compiled_samples_per_s", "compiled_mfu_%", "speedup"])),
         ("Cost split of one step", split_md),
-        ("Sampling", markdown_table(sampling, ["preset", "solver", "steps", "nfe", "samples_per_s"])),
+        ("Sampling", markdown_table(sampling, ["modality", "preset", "solver", "steps", "nfe", "samples_per_s"])),
         ("Peak memory of two training steps (fp32, a fresh process each)", markdown_table(memory, [
-            "preset", "batch", "rss_before_step_MB", "peak_rss_MB", "step_increase_MB", "peak_gpu_MB", "error"])),
-        (f"UNITE single-stage step against the two-stage baseline's phases (batch {batch}, fp32)",
-         markdown_table(stages, ["preset", "method", "phase", "step_s", "samples_per_s"])
+            "modality", "preset", "batch", "rss_before_step_MB", "peak_rss_MB", "step_increase_MB", "peak_gpu_MB", "error"])),
+        ("UNITE single-stage step against the two-stage baseline's phases (fp32)",
+         markdown_table(stages, ["modality", "preset", "method", "phase", "step_s", "samples_per_s"])
          + "\nQuality at equal minutes: `unite-sci benchmark qm9` (both methods, same budget).\n"),
         ("Evaluation throughput: generation metrics of real test items, serial against parallel",
          markdown_table(evals, ["modality", "mode", "workers", "items", "seconds", "items_per_s", "speedup"])),
     ]
     data = {"machine": machine_description(), "matmul_flops": ref, "matmul_flops_before": ref_before,
-            "matmul_flops_after": ref_after, "training": table,
+            "matmul_flops_after": ref_after, "training": table, "eager_vs_compiled": side_by_side(table),
             "cost_split": [{"run": n, "step_s": s, "parts": sp} for n, sp, s in splits], "sampling": sampling,
             "memory": memory, "stages": stages, "evaluation": evals}
     Path(out).mkdir(parents=True, exist_ok=True)
     # drop the tables of parts not measured (a header and no rows)
     sections = [(h, body) for h, body in sections if not body.strip().splitlines()[-1].startswith("|---")]
-    return write_report(out, f"unite-sci speed benchmark ({modality})", sections, data)
+    return write_report(out, f"unite-sci speed benchmark ({', '.join(modalities)})", sections, data)
