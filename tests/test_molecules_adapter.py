@@ -13,7 +13,7 @@ from unite_sci.config import build_config
 from unite_sci.errors import DataError
 from unite_sci.testing import TINY, AdapterConformance
 from unite_sci_modalities.molecules.adapter import MoleculesAdapter, MoleculesConfig, random_split
-from unite_sci_modalities.molecules.sources import load_molecules
+from unite_sci_modalities.molecules.sources import conformers, load_molecules
 from unite_sci_modalities.qm9 import metrics as qm9_metrics
 from unite_sci_modalities.qm9.io import write_extxyz
 
@@ -107,6 +107,18 @@ def test_smiles_conformers_are_seeded_and_built_once(tmp_path, capsys):
         assert bonds.min() > 0.9 and bonds.max() < 1.95  # Angstrom: relaxed bonds, C-H 1.09 ... C-S 1.8
     mass = np.array([Chem.GetPeriodicTable().GetAtomicWeight(int(z)) for z in first.z[0]])
     assert np.allclose(mass @ first.pos[0] / mass.sum(), 0, atol=1e-3)  # centre of mass at 0 (Angstrom)
+
+
+def test_an_interrupted_conformer_build_resumes_from_its_saved_chunks(tmp_path):
+    smiles = SMI.read_text().split()[1:3]
+    chunks = tmp_path / "key.chunks"
+    made = conformers(smiles, 0, True, 1, 30.0, chunks, "test")
+    saved = sorted(chunks.glob("*.npz"))
+    assert [p.name for p in saved] == ["000000000.npz"]
+    with np.load(saved[0]) as f:  # mark the saved chunk: a resumed build must return it, not embed again
+        np.savez(saved[0], **{**{k: f[k] for k in f.files}, "pos": f["pos"] + 100.0})
+    again = conformers(smiles, 0, True, 1, 30.0, chunks, "test")
+    assert all(np.array_equal(a[1], b[1]) and np.allclose(a[2] + 100.0, b[2]) for a, b in zip(made, again))
 
 
 def test_five_training_steps_then_sample_and_evaluate_give_the_qm9_metrics(tmp_path, capsys):
