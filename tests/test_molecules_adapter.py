@@ -163,6 +163,19 @@ def test_unreadable_files_and_unknown_elements_give_one_line(tmp_path, capsys, n
     assert expect in err and str(path) in err
 
 
+def test_a_folder_reads_its_files_in_name_order_and_no_data_says_how_to_give_it(tmp_path, capsys):
+    water = (np.array([8, 1, 1]), np.array([[0, 0, 0.117], [0, 0.757, -0.467], [0, -0.757, -0.467]]))
+    hcl = (np.array([17, 1]), np.array([[0, 0, 0], [0, 0, 1.27]]))
+    write_extxyz(tmp_path / "b.xyz", *zip(*[water] * 2))
+    write_extxyz(tmp_path / "a.xyz", *zip(*[hcl] * 3))
+    (tmp_path / "notes.md").write_text("not a molecule file: skipped")
+    mols, _ = load_molecules(str(tmp_path), str(tmp_path / "cache"))
+    assert [z.tolist() for z in mols.z] == [[17, 1]] * 3 + [[8, 1, 1]] * 2
+    err = _one_line_error(["train", "--modality", "molecules", "--max-steps", "1", "--out", str(tmp_path / "r")],
+                          capsys)
+    assert "needs data: --data FILE_OR_FOLDER" in err
+
+
 def test_an_element_outside_the_table_gives_one_line(tmp_path, capsys):
     err = _one_line_error(["train", "--modality", "molecules", "--data", str(SDF), "--max-steps", "1", "--out",
                            str(tmp_path / "run"), "data.elements=[1,6,7,8,9]"], capsys)
