@@ -31,9 +31,13 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     while time.time() < deadline and not (ckpts / "step_00000006.pt").exists():
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)  # somewhere between step 6 and the end
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "the run ended before the kill"
+    saved = sorted(int(p.stem.split("_")[1]) for p in ckpts.glob("step_*.pt"))
+    assert saved and 6 <= saved[-1] < 12, f"the kill landed after the last step: checkpoints {saved}"
     r = run(tmp_path / "killed", "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
+    # a resume from the last checkpoint, not a restart from step 0 (which would give the same weights)
+    assert f"resumed from step {saved[-1]} (" in r.stderr and f"step_{saved[-1]:08d}.pt" in r.stderr, r.stderr
     a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)
     b = torch.load(tmp_path / "killed/checkpoints/last.pt", weights_only=True)
     assert a["step"] == b["step"] == 12

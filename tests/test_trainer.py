@@ -38,8 +38,11 @@ def test_resume_is_bit_exact(tmp_path, optim):
     straight.fit()
     half = make_trainer(tmp_path / "b", f"optim.name={optim}")
     half.fit(stop_at=4)  # as if killed after the step-4 checkpoint
+    assert half.step == 4 and not (tmp_path / "b" / "checkpoints" / "step_00000008.pt").exists()
     resumed = make_trainer(tmp_path / "b", f"optim.name={optim}")
     resumed.fit(resume=True)
+    # resumed from the step-4 checkpoint, not restarted from step 0 (which would give the same weights)
+    assert resumed.resumed_from is not None and Path(resumed.resumed_from).name == "step_00000004.pt"
     a, b = flat_state(straight), flat_state(resumed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
