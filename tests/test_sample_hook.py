@@ -106,3 +106,46 @@ def test_qm9_quick_metrics_on_real_molecules():
     assert m["edm/atom_stability"] > 90.0  # real molecules: EDM counts 99 % of QM9's atoms stable
     garbage = [(np.array([6, 6]), np.zeros((2, 3)))]  # two atoms on top of each other
     assert a.quick_metrics(garbage) == {"connected_validity": 0.0, "edm/atom_stability": 0.0}
+
+
+class FakeClock:
+    """The trainer's clock in seconds, moved only by the test: 1 s per training step, 10 s per sampling."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def budget_run(out, monkeypatch, *extra):
+    """A 6-second budget run (train.budget_minutes=0.1) on the fake clock; its summary and metrics rows."""
+    clock = FakeClock()
+    scored = ToyAdapter.quick_metrics
+
+    def slow_metrics(self, samples):
+        clock.now += 10.0
+        return scored(self, samples)
+
+    monkeypatch.setattr(ToyAdapter, "quick_metrics", slow_metrics)
+    tr = make_trainer(out, "train.max_steps=0", "train.budget_minutes=0.1", *extra)
+    tr.clock, step = clock, tr.train_step
+
+    def one_second_step(batch):
+        clock.now += 1.0
+        return step(batch)
+
+    tr.train_step = one_second_step
+    return tr.fit(), rows(out), tr.data_prep_s
+
+
+def test_in_run_sampling_does_not_count_toward_the_budget(tmp_path, monkeypatch):
+    plain, _, _ = budget_run(tmp_path / "plain", monkeypatch)
+    hooked, hooked_rows, prep = budget_run(tmp_path / "hook", monkeypatch, *HOOK)
+    assert plain["steps"] == hooked["steps"] == 6  # 6 s of 1-s steps, with or without 3 x 10 s of sampling
+    assert plain["time_split_s"] == {"training": 6.0, "in_run_sampling": 0.0, "data_prep": plain["data_prep_s"]}
+    assert hooked["time_split_s"] == {"training": 6.0, "in_run_sampling": 30.0, "data_prep": prep}
+    assert hooked["sample_wall_s"] == 30.0 and hooked["elapsed_s"] == 6.0
+    sampled = [(r["step"], r["elapsed_s"], r["sample/wall_s"], r["sample_wall_s"])
+               for r in hooked_rows if "sample/wall_s" in r]
+    assert sampled == [(2, 2.0, 10.0, 10.0), (4, 4.0, 10.0, 20.0), (6, 6.0, 10.0, 30.0)]

@@ -1,5 +1,6 @@
 """Trainer: exact resume, atomic checkpoints, schedules, EMA, two-stage phases, non-finite steps."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,20 @@ def test_budget_run_shows_a_time_bar_with_total_and_eta(tmp_path, capsys):
     tr = make_trainer(tmp_path / "b", "train.max_steps=4", "train.progress=true")
     tr.fit()
     assert "/4 [" in capsys.readouterr().err
+
+
+def test_compile_cache_lives_under_the_cache_root_unless_torch_is_told(tmp_path, monkeypatch):
+    import torch._functorch.config as functorch
+    import torch._inductor.config as inductor
+
+    from unite_sci.trainer import persistent_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("UNITE_SCI_CACHE", str(tmp_path / "root"))
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    monkeypatch.setattr(functorch, "enable_autograd_cache", False)
+    assert persistent_compile_cache() == tmp_path / "root" / "torch-compile"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "root" / "torch-compile")
+    assert inductor.fx_graph_cache and functorch.enable_autograd_cache
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's folder wins
+    assert persistent_compile_cache() == tmp_path / "mine"

@@ -136,7 +136,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     precision: Precision = Precision.fp32  # fp32 | bf16 (autocast)
-    compile: bool = False               # torch.compile the training forward (fuses element-wise ops)
+    compile: bool = False               # torch.compile the training forward (fuses element-wise ops); the
+                                        # compiled graphs are cached in <cache root>/torch-compile
+                                        # (~/.cache/unite-sci/torch-compile; $TORCHINDUCTOR_CACHE_DIR wins)
     threads: int = non_negative(0)      # CPU threads for torch; 0 = all cores
     num_workers: int = non_negative(0)  # data-loading processes
     bucket_batches: int = non_negative(0)  # >1: sort runs of this many batches by item size (less padding)
@@ -151,7 +153,8 @@ class TrainConfig:
                                         # by ~1e-6 without it; not reproduced here); ignored on GPUs. Speed cost
                                         # on a loaded 2-core machine, 60 s runs of the tiny preset: within noise
     sample_every: int = non_negative(0)  # >0: every n steps, sample with the EMA weights and log the
-                                        # adapter's quick_metrics (rank 0; counts toward budget_minutes)
+                                        # adapter's quick_metrics (rank 0; its time is logged as sample_wall_s
+                                        # and not counted in budget_minutes)
     sample_num: int = positive(200)     # samples per such check
     sample_steps: int = non_negative(0)  # solver steps of those samples; 0: sample.steps
     tensorboard: bool = True            # also write TensorBoard events to <out>/tb/ (scalars, sample metrics

@@ -12,10 +12,14 @@ Sample quality during training: every ``train.sample_every`` steps rank 0 genera
 samples with the EMA weights and logs the adapter's ``quick_metrics`` as a ``sample/*`` row of
 metrics.jsonl (plotted beside the losses in loss.png; with ``train.tensorboard`` the pictures its export draws
 go to TensorBoard too). The hook leaves weights, modes and every RNG stream
-as it found them, so it changes no trained weight; its wall time counts toward ``train.budget_minutes``.
+as it found them, so it changes no trained weight.
 
-Data preparation (``build_splits``: parsing, caches, reference sets) happens before the clock starts and is
-recorded as ``data_prep_s`` in the step-0 row of metrics.jsonl and in the summary ``fit`` returns.
+``train.budget_minutes`` counts training steps only (data loading included). Two other parts of a run's wall
+time are recorded beside it, never counted: data preparation (``build_splits``: parsing, caches, reference
+sets) before the first step, ``data_prep_s`` in the step-0 row of metrics.jsonl, and the in-run sampling
+above, ``sample_wall_s`` (the running total) in every ``sample/*`` row. The summary ``fit`` returns splits
+the run into the three (``time_split_s``). A run with the hook therefore makes as many steps in its budget as
+one without it. Time is read from :attr:`Trainer.clock` (a seam: tests swap in a fake clock).
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from .adapter import Adapter, Batch, class_path, has_quick_metrics
 from .checkpoint import latest_complete, save_checkpoint
 from .config import RunConfig, to_yaml
 from .errors import Interrupted, UserError
+from .files import cache_root
 from .generation import generate
 from .optim import EMA, FiniteGuard, build_optimizers, lr_at
 from .plots import plot_losses
@@ -55,6 +60,26 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} requested but no CUDA device is available")
     return torch.device(name)
+
+
+COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # torch's own variable: a folder set there is used as it is
+
+
+def persistent_compile_cache() -> Path:
+    """Keep ``torch.compile``'s on-disk caches under ``<cache root>/torch-compile`` (unless
+    ``$TORCHINDUCTOR_CACHE_DIR`` is set) with inductor's FX graph cache and the AOT autograd cache on, so
+    that a model's compile is paid once per machine, model config and torch version, not once per run.
+    torch's own default, ``/tmp/torchinductor_<user>``, is emptied by a reboot. The cache keys hold the
+    torch version and the graph, so runs of different configs share the folder safely. Call before the first
+    compile of the process (inductor fixes its folder then). Returns the folder.
+    """
+    from torch._functorch import config as functorch_config
+    from torch._inductor import config as inductor_config
+
+    os.environ.setdefault(COMPILE_CACHE_ENV, str(cache_root() / "torch-compile"))
+    inductor_config.fx_graph_cache = True  # both on by default in torch 2.14; stated, not assumed
+    functorch_config.enable_autograd_cache = True
+    return Path(os.environ[COMPILE_CACHE_ENV])
 
 
 def dist_info() -> tuple[int, int]:
@@ -171,7 +196,9 @@ class Trainer:
         self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
         self.base_lr = cfg.optim.lr * (t.batch_size / cfg.optim.lr_reference_batch
                                        if cfg.optim.lr_reference_batch else 1.0)
-        self.step, self.elapsed = 0, 0.0
+        self.step, self.elapsed = 0, 0.0  # elapsed: seconds of training steps, what the budget counts
+        self.sample_wall_s = 0.0  # seconds of in-run sampling (all of this run's, resumes included)
+        self.clock = time.perf_counter  # seconds; the budget's clock, replaceable in tests
         self.guard = FiniteGuard(self.device, t.max_nonfinite)
         self.resumed_from: str | None = None  # the checkpoint file :meth:`resume` loaded
         self._sampling = has_quick_metrics(adapter)
@@ -207,6 +234,7 @@ class Trainer:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.model, find_unused_parameters=self.phase != Phase.JOINT)
         if self.cfg.train.compile:
+            persistent_compile_cache()  # compiled graphs and kernels from earlier runs are reused
             # dynamic shapes: size buckets change the padded element count from batch to batch
             self.ddp = torch.compile(self.ddp, dynamic=True)
 
@@ -223,7 +251,8 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizers": [o.state_dict() for o in self.optimizers], "step": self.step,
-                "phase": self.phase.value, "phase_start": self.phase_start, "elapsed": self.elapsed, "skipped": self.guard.check(), "rng": rng_state(),
+                "phase": self.phase.value, "phase_start": self.phase_start, "elapsed": self.elapsed,
+                "sample_wall_s": self.sample_wall_s, "skipped": self.guard.check(), "rng": rng_state(),
                 "config": to_yaml(self.cfg), "modality": self.adapter.name,
                 "adapter_class": class_path(type(self.adapter)),  # named when the modality is not registered
                 "adapter_state": self.adapter.state_dict()}
@@ -246,6 +275,7 @@ class Trainer:
         for o, s in zip(self.optimizers, state["optimizers"]):
             o.load_state_dict(s)
         self.step, self.elapsed = state["step"], state["elapsed"]
+        self.sample_wall_s = state.get("sample_wall_s", 0.0)  # older checkpoints counted it in elapsed
         self.guard.restore(state["skipped"])
         self.resumed_from = state["path"]
         set_rng_state(state["rng"])
@@ -329,15 +359,16 @@ class Trainer:
     # ------------------------------------------------------------------ sample quality
     def sample_quality(self) -> dict[str, float]:
         """Generate ``train.sample_num`` samples with the EMA weights; the adapter's ``quick_metrics`` of them,
-        keys prefixed ``sample/``, with ``sample/wall_s`` (seconds the whole hook took). Empty on ranks > 0.
+        keys prefixed ``sample/``, with ``sample/wall_s`` (seconds the whole hook took) and ``sample_wall_s``
+        (the run's total so far). Empty on ranks > 0.
 
         Training goes on as if nothing happened: the EMA weights are copied in and the raw ones copied back
         (bit for bit), the model runs in eval mode without gradients, its noise comes from a generator
         seeded by (train.seed, step) and the global RNG states (torch, CUDA, Python, NumPy) are restored.
-        Only rank 0 samples while the others wait at a barrier, so every rank adds the same wall time to
-        ``elapsed``: sampling time counts toward ``train.budget_minutes``.
+        Only rank 0 samples while the others wait at a barrier. The hook's time goes to ``sample_wall_s``,
+        not to ``elapsed``: it does not count toward ``train.budget_minutes``.
         """
-        t, t0, out = self.cfg.train, time.time(), {}
+        t, t0, out = self.cfg.train, self.clock(), {}
         if self.rank == 0:
             s = self.cfg.sample
             scfg = replace(s, num=t.sample_num, batch_size=min(s.batch_size, t.sample_num),
@@ -362,9 +393,9 @@ class Trainer:
             out = {f"sample/{k}": round(float(v), 4) for k, v in metrics.items()}
         if self.world > 1:
             dist.barrier()
-        wall = time.time() - t0
-        self.elapsed += wall
-        return {**out, "sample/wall_s": round(wall, 2)} if out else {}
+        wall = self.clock() - t0
+        self.sample_wall_s += wall
+        return {**out, "sample/wall_s": round(wall, 2), "sample_wall_s": round(self.sample_wall_s, 2)} if out else {}
 
     def _sample_due(self) -> bool:
         """Every ``sample_every`` steps, and at the last step of a run longer than that (a short smoke run
@@ -394,7 +425,7 @@ class Trainer:
         from tqdm import tqdm
 
         t = self.cfg.train
-        resumed = self.resume() if resume else False
+        resumed = False
         if resume and self.rank == 0:  # never silent: a fresh start under --resume may be a wrong --out
             print(f"resumed from step {self.step} ({self.resumed_from})" if resumed else
                   f"nothing to resume: no complete checkpoint in '{self.out / 'checkpoints'}'; "
@@ -428,9 +459,9 @@ class Trainer:
                     return {"steps": self.step, "stopped": True}
                 if t.mode == "two_stage" and self.phase == Phase.TOKENIZER and self.progress() >= t.tokenizer_fraction:
                     self.enter_phase(Phase.DENOISER)
-                t0 = time.time()  # wall time of the step, data loading included
+                t0 = self.clock()  # wall time of the step, data loading included
                 logs = self.train_step(next(loader))
-                self.elapsed += time.time() - t0
+                self.elapsed = self._agreed(self.elapsed + self.clock() - t0)
                 self.step += 1
                 window_n += t.batch_size
                 bar.update(min(round(self.elapsed), bar.total) - bar.n if timed else 1)
@@ -468,6 +499,10 @@ class Trainer:
         if self.rank == 0:
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
         return {"steps": self.step, "elapsed_s": self.elapsed, "data_prep_s": self.data_prep_s,
+                "sample_wall_s": round(self.sample_wall_s, 2),
+                # how the run's wall time was spent; train.budget_minutes counts "training" only
+                "time_split_s": {"training": round(self.elapsed, 2), "in_run_sampling": round(self.sample_wall_s, 2),
+                                 "data_prep": self.data_prep_s},
                 "skipped_steps": self.guard.check(),
                 "checkpoint": str(path), "device": str(self.device), "world_size": self.world}
 
@@ -479,6 +514,15 @@ class Trainer:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             signum = int(flag.item())
         return signum
+
+    def _agreed(self, elapsed: float) -> float:
+        """The largest ``elapsed`` (seconds) over all processes, so that every rank ends a budget run at the
+        same step (each times its own steps; a rank that waited less in the all-reduce reads less)."""
+        if self.world == 1:
+            return elapsed
+        value = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return float(value.item())
 
     def _done(self) -> bool:
         t = self.cfg.train
