@@ -425,7 +425,7 @@ class Trainer:
         from tqdm import tqdm
 
         t = self.cfg.train
-        resumed = False
+        resumed = self.resume() if resume else False
         if resume and self.rank == 0:  # never silent: a fresh start under --resume may be a wrong --out
             print(f"resumed from step {self.step} ({self.resumed_from})" if resumed else
                   f"nothing to resume: no complete checkpoint in '{self.out / 'checkpoints'}'; "
