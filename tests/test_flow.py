@@ -31,6 +31,11 @@ def test_logit_normal_median_is_shifted_half():
     t = sample_time(200_000, alpha=0.5, generator=torch.Generator().manual_seed(0))
     assert t.median().item() == pytest.approx(1 / 3, abs=5e-3)
     assert torch.equal(logit_normal_time(torch.zeros(1), 0.0, 1.0, 1.0), torch.tensor([0.5]))
+    # mean and std of the logit: sigmoid(mean + std n), then the shift
+    n = torch.tensor([-1.0, 0.0, 0.5], dtype=torch.float64)
+    expected = 1 / (1 + torch.exp(-(0.4 + 2.0 * n)))
+    assert torch.allclose(logit_normal_time(n, 0.4, 2.0, 1.0), expected)
+    assert torch.allclose(logit_normal_time(n, 0.4, 2.0, 0.5), 0.5 * expected / (1 - 0.5 * expected))
 
 
 def test_interpolation_endpoints_and_midpoint():

@@ -1,9 +1,11 @@
 """The Generative Encoder and UNITE's training step (SPEC sections 2-4)."""
+import math
+
 import pytest
 import torch
 
 from unite_sci.config import build_config
-from unite_sci.model import PRESETS, GenerativeEncoder, RegisterLayout
+from unite_sci.model import PRESETS, GenerativeEncoder, RegisterLayout, apply_rope, rope_tables, sincos_1d
 from unite_sci.testing import TINY
 from unite_sci.unite import Unite, resolve_arch
 from unite_sci_modalities.toy import ToyAdapter, ToyConfig
@@ -33,6 +35,34 @@ def test_shapes_of_both_modes():
     assert z0.shape == (2, 5, 4)
     assert m.denoise(z0, torch.rand(2), torch.tensor([0, 3]), regs(m, mask)).shape == (2, 5, 4)
 
+
+
+def test_sincos_table_closed_form():
+    # row p: sin(p w_i) in channel 2i, cos(p w_i) in channel 2i + 1, w_i = 10000^(-2i / dim)
+    table = sincos_1d(5, 8).double()
+    p, i = torch.arange(5.0, dtype=torch.float64)[:, None], torch.arange(4, dtype=torch.float64)[None]
+    w = 10000.0 ** (-2 * i / 8)
+    assert torch.allclose(table[:, 0::2], torch.sin(p * w), atol=1e-6)
+    assert torch.allclose(table[:, 1::2], torch.cos(p * w), atol=1e-6)
+
+
+def test_rope_rotates_channel_pairs_by_position_angles():
+    # head_dim 4: pairs (0, 2) and (1, 3) turn by p * theta^0 and p * theta^(-1/2) radians
+    x = torch.randn(1, 1, 3, 4)
+    pos = torch.tensor([[0, 1, 5]])
+    cos, sin = rope_tables(pos, 4, theta=100.0)
+    out = apply_rope(x, cos, sin)
+    for j, p in enumerate([0, 1, 5]):
+        for pair, w in ((0, 1.0), (1, 0.1)):
+            a, b = x[0, 0, j, pair], x[0, 0, j, pair + 2]
+            c, s_ = math.cos(p * w), math.sin(p * w)
+            assert out[0, 0, j, pair].item() == pytest.approx((a * c - b * s_).item(), abs=1e-5)
+            assert out[0, 0, j, pair + 2].item() == pytest.approx((a * s_ + b * c).item(), abs=1e-5)
+    # attention scores depend only on the offset: <R(m) q, R(n) k> = <R(m + 3) q, R(n + 3) k>
+    q, k = torch.randn(1, 1, 1, 4), torch.randn(1, 1, 1, 4)
+    score = lambda m, n: (apply_rope(q, *rope_tables(torch.tensor([[m]]), 4, 100.0))  # noqa: E731
+                          * apply_rope(k, *rope_tables(torch.tensor([[n]]), 4, 100.0))).sum()
+    assert score(2, 7).item() == pytest.approx(score(5, 10).item(), abs=1e-5)
 
 def test_final_layernorm_normalises_every_output():
     m = ge()
