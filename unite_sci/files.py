@@ -77,8 +77,8 @@ def announce_build(what: str, why: str, about_s: float, cache_path: str | os.Pat
     """One line on stderr before a reference that takes a while is built: what, why, about how long
     (``about_s``, seconds), and where it is kept, so that a first use is never minutes of silence.
 
-        note: building the geometry reference (10,000 training molecules) for the geometry metrics: about
-        2 min, once; cached in ~/.cache/unite-sci/qm9/geometry_train_10000.npz
+        note: building the reference statistics (10,000 training items) for the distribution metrics:
+        about 2 min, once; cached in ~/.cache/unite-sci/<modality>/reference_10000.npz
     """
     about = f"{about_s / 60:.0f} min" if about_s >= 90 else f"{max(1, round(about_s))} s"
     where = f"; cached in {cache_path}" if cache_path is not None else ""
