@@ -163,6 +163,8 @@ def test_ship_writes_the_ema_weights_and_a_card_that_matches_its_scores(tmp_path
     by_run = unite_sci.load(ckpt, use_ema=True, overrides=["sample.steps=3"]).sample(5, seed=1)
     assert all(np.array_equal(a, b) for a, b in zip(by_name, by_run))
     assert load_model("t1").ema is True
+    assert load_model("t1").cfg.sample.steps == 2  # the sample.* words became its sampling defaults
+    assert load_model(ckpt).cfg.sample.steps != 2
 
 
 def test_ship_refuses_a_bad_name_and_a_shipped_file_as_its_source(tmp_path, capsys):

@@ -155,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--commit", help="the commit that trained the run (default: the newest commit of the "
                                      "source tree before the run started)")
     sh.add_argument("--recipe", default="", help="a line on the recipe and why (default: none)")
-    sh.add_argument("overrides", nargs="*", help="benchmark key=value words passed to the scoring (default: none)")
+    sh.add_argument("overrides", nargs="*", help="benchmark key=value words passed to the scoring; sample.* words also become the shipped model's sampling defaults (default: none)")
 
     for command in (sub.choices["list"], t, s, e, cf, b, enc, rec, pr, dg, an, sh):
         command.add_argument("--adapter", action="append", default=[], metavar="PACKAGE.MODULE:CLASS",
@@ -324,7 +324,8 @@ def cmd_ship(args: argparse.Namespace) -> None:
 
         raise UserError("no shipped-models folder is installed (entry point unite_sci.models:builtin); give --out")
     writable_dir(out, "shipped-models folder")
-    weights = ship(args.checkpoint, args.name, out, args.dtype, args.commit, args.recipe, machine_description())
+    weights = ship(args.checkpoint, args.name, out, args.dtype, args.commit, args.recipe, machine_description(),
+                   args.overrides)
     if args.score:
         bench = args.benchmark or read_card(weights)["modality"]
         report = Path(args.score_out or os.path.join("runs", f"ship_{args.name}"))
@@ -429,15 +430,15 @@ def main(argv: list[str] | None = None) -> int:
 
         for spec in args.adapter:
             load_adapter(spec)
+        if getattr(args, "model", None):  # a shipped model: its path, after the sha256 check
+            from .shipped import resolve
+
+            args.checkpoint = str(resolve(args.model))
         if getattr(args, "threads", None) is not None:
             _check_positive("--threads", args.threads)
             from .parallel import limit_threads
 
             limit_threads(args.threads)
-        if getattr(args, "model", None):  # a shipped model: its path, after the sha256 check
-            from .shipped import resolve
-
-            args.checkpoint = str(resolve(args.model))
         COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe must fail here, inside the try, not at interpreter exit
     except BrokenPipeError:

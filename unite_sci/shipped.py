@@ -193,12 +193,25 @@ def cpu_model() -> str | None:
     return None
 
 
+def with_sample_settings(config_yaml: str, overrides: list[str]) -> str:
+    """A saved run config with the ``sample.*`` words of ``overrides`` applied: how the shipped model samples
+    by default (a run may have trained with other sampling settings than the ones it ships with)."""
+    from omegaconf import OmegaConf
+
+    words = [o for o in overrides if o.startswith("sample.")]
+    if not words:
+        return config_yaml
+    return OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.create(config_yaml), OmegaConf.from_dotlist(words)))
+
+
 def ship(checkpoint: str | Path, name: str, out_dir: str | Path, dtype: str = "float32",
-         commit: str | None = None, recipe: str = "", machine: dict[str, Any] | None = None) -> Path:
+         commit: str | None = None, recipe: str = "", machine: dict[str, Any] | None = None,
+         overrides: list[str] = ()) -> Path:
     """Write ``out_dir/<name>.pt`` (atomically) and its card (no scores yet: :func:`add_scores`).
 
     ``checkpoint``: a training checkpoint (``runs/X/checkpoints/last.pt``). ``recipe``: a line on how the
-    run was chosen. ``machine``: where it trained (default: this machine). Returns the ``.pt`` path."""
+    run was chosen. ``machine``: where it trained (default: this machine). ``overrides``: its ``sample.*``
+    words become the shipped model's sampling defaults. Returns the ``.pt`` path."""
     if not NAME_RE.match(name):
         raise UserError(f"model name {name!r} must be lower-case letters, digits and _ . + - (e.g. mymodel)")
     if dtype not in DTYPES:
@@ -206,9 +219,10 @@ def ship(checkpoint: str | Path, name: str, out_dir: str | Path, dtype: str = "f
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     small, kind = sampling_state(state, DTYPES[dtype])
+    small["config"] = with_sample_settings(small["config"], list(overrides))
     out = Path(out_dir) / f"{name}.pt"
     atomic_save(small, out)
-    cfg = yaml.safe_load(state["config"])
+    cfg = yaml.safe_load(small["config"])
     run_dir = checkpoint.resolve().parent.parent if checkpoint.parent.name == "checkpoints" else None
     if commit is None:
         commit, commit_how = git_commit(run_dir, Path(__file__).resolve().parents[1])
