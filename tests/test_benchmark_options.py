@@ -43,7 +43,7 @@ def test_options_keep_their_names_and_defaults():
     assert config == ["train.seed=3"]  # dotted words are run-config overrides, passed on as given
     s, _ = parse_options(speed.SpeedOptions, ["eval=", "compile=false,true", "precision=[fp32]"])
     assert s.eval == [] and s.compile == [False, True] and s.precision == ["fp32"]
-    assert (s.modality, s.presets, s.batch, s.steps, s.mem_batches) == ("qm9", ["tiny", "small"], 128, 6, None)
+    assert (s.modality, s.presets, s.batch, s.steps, s.mem_batches) == (["qm9"], ["tiny", "small"], 128, 6, None)
     c, _ = parse_options(crystals.CrystalOptions, ["other_decode=false", "recon=5"])
     assert (c.other_decode, c.recon, c.sanity) == (False, 5, 1000)
     i, _ = parse_options(images.ImageOptions, ["cfg_sweep=1,2.5"])
