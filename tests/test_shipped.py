@@ -61,8 +61,8 @@ def test_twenty_samples_score_at_least_the_cards_floor(name):
     if not c.get("floor"):
         pytest.skip(f"{name} was shipped without --score: no floor")
     floor = c["floor"]
-    assert floor["metrics"] == {k: round(max(0.0, c["scores"]["generation"][k] - floor["margin"]), 2)
-                                for k in c["headline"]}
+    assert floor["metrics"] and floor["metrics"] == {
+        k: round(max(0.0, c["scores"]["generation"][k] - floor["margin"]), 2) for k in floor["metrics"]}
     m = unite_sci.load(name, overrides=floor["overrides"])
     samples = m.sample(floor["num_samples"], seed=0)
     quick = getattr(m.adapter, "quick_metrics", None)
@@ -207,3 +207,15 @@ def test_demo_takes_quality_from_the_shipped_model_and_names_each_rows_source(tm
     said = capsys.readouterr().out.strip()
     assert "\n" not in said and said.startswith("no shipped model 'qm9'")
     assert "Shipped" not in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_shared_weights_are_counted_once_and_every_temperature_row_reaches_the_card(tmp_path):
+    w = torch.zeros(3, 4)
+    assert sh.count_parameters({"encoder.w": w, "denoiser.w": w, "b": torch.zeros(5), "i": torch.zeros(2).long()}) == 17
+    tr = make_trainer(tmp_path / "run", "train.max_steps=4")
+    weights = sh.ship(str(tr.fit()["checkpoint"]), "t2", tmp_path)
+    gen = {"toy/validity": 40.0, "num_samples": 8}
+    results = {"generation": gen, "generation_temperature_0.5": {"toy/validity": 55.0}, "sampling": {"temperature": 1.0}}
+    card = sh.add_scores(weights, results, "unite-sci benchmark toy", ["toy/validity"])
+    assert card["scores"]["generation_temperature_0.5"] == {"toy/validity": 55.0}
+    assert card["floor"]["metrics"] == {"toy/validity": 20.0}  # the floor reads the headline temperature

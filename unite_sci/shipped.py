@@ -193,6 +193,14 @@ def cpu_model() -> str | None:
     return None
 
 
+def count_parameters(weights: dict[str, torch.Tensor]) -> int:
+    """Floating-point values of a state dict, each tensor once: shared weights (encoder.* and denoiser.* of one
+    Generative Encoder) appear under two names but are one set of parameters."""
+    seen = {(v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)): v.numel()
+            for v in weights.values() if v.is_floating_point()}
+    return int(sum(seen.values()))
+
+
 def with_sample_settings(config_yaml: str, overrides: list[str]) -> str:
     """A saved run config with the ``sample.*`` words of ``overrides`` applied: how the shipped model samples
     by default (a run may have trained with other sampling settings than the ones it ships with)."""
@@ -239,7 +247,7 @@ def ship(checkpoint: str | Path, name: str, out_dir: str | Path, dtype: str = "f
         "data": {"split": "the adapter's default split (see the data config below and docs/models.md)",
                  "config": cfg.get("data", {})},
         "recipe": {"preset": cfg.get("model", {}).get("preset"), "note": recipe,
-                   "parameters": int(sum(v.numel() for v in small["model"].values() if v.is_floating_point())),
+                   "parameters": count_parameters(small["model"]),
                    "config": cfg},
         "training": {"steps": int(state["step"]), "wall_s": round(float(state["elapsed"]), 1),
                      "wall_hours": round(wall_h, 3), "threads": threads,
@@ -301,8 +309,8 @@ def add_scores(weights: Path, results: dict[str, Any], command: str, headline: l
     scores = {"command": command, "num_samples": samp.get("num_samples"), "seed": samp.get("seed"),
               "solver": samp.get("solver"), "steps": samp.get("steps"), "temperature": samp.get("temperature"),
               "generation": gen}
-    if "generation_temperature_1" in results:
-        scores["generation_temperature_1"] = _numbers(results["generation_temperature_1"])
+    for key in sorted(k for k in results if k.startswith("generation_temperature_")):  # rows beside the headline
+        scores[key] = _numbers(results[key])
     scores["reconstruction"] = _numbers(results.get("reconstruction", {}))
     scores["reconstruction_num"] = results.get("reconstruction_num")
     if headline is None:
