@@ -138,9 +138,6 @@ def sampling_state(state: dict[str, Any], dtype: torch.dtype = torch.float32) ->
     model = state["model"]
     # Shared weights appear under several state-dict names (encoder.* and denoiser.*) that torch.save stores
     # once, while the EMA lists each parameter once: every name of a tensor gets its EMA value, still shared.
-    def where(v: torch.Tensor) -> tuple:
-        return v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride())
-
     source: dict[tuple, torch.Tensor] = {}
     if kind == "ema":
         if "ema" not in state:
@@ -149,11 +146,11 @@ def sampling_state(state: dict[str, Any], dtype: torch.dtype = torch.float32) ->
         stray = sorted(set(ema) - set(model))
         if stray:
             raise UserError(f"the checkpoint's EMA names a parameter the model lacks: {stray[0]}")
-        source = {where(model[k]): v for k, v in ema.items()}
+        source = {tensor_key(model[k]): v for k, v in ema.items()}
     cast: dict[int, torch.Tensor] = {}
     weights = {}
     for k, v in model.items():
-        v = source.get(where(v), v)
+        v = source.get(tensor_key(v), v)
         if id(v) not in cast:  # one cast per tensor keeps shared names shared
             cast[id(v)] = v.to(dtype) if v.is_floating_point() else v
         weights[k] = cast[id(v)]
@@ -193,11 +190,15 @@ def cpu_model() -> str | None:
     return None
 
 
+def tensor_key(v: torch.Tensor) -> tuple:
+    """Where a tensor's values live: equal for two state-dict names of one shared parameter."""
+    return v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride())
+
+
 def count_parameters(weights: dict[str, torch.Tensor]) -> int:
     """Floating-point values of a state dict, each tensor once: shared weights (encoder.* and denoiser.* of one
     Generative Encoder) appear under two names but are one set of parameters."""
-    seen = {(v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)): v.numel()
-            for v in weights.values() if v.is_floating_point()}
+    seen = {tensor_key(v): v.numel() for v in weights.values() if v.is_floating_point()}
     return int(sum(seen.values()))
 
 
