@@ -1,6 +1,6 @@
 """Parts of the speed benchmark beyond one training step: evaluation throughput serial against parallel,
-peak memory per preset and batch size (each in a fresh process), and the step cost of the two-stage
-baseline's phases beside UNITE's single-stage step.
+peak memory per preset and batch size (each in a fresh process), the step cost of the two-stage
+baseline's phases beside UNITE's single-stage step, and what a UNITE step is made of.
 
 Everything goes through the adapter API, so every registered modality is measured the same way.
 """
@@ -152,4 +152,57 @@ def stage_costs(modality: str, preset: str, batch: int, reps: int, overrides: li
         t = _step_time(two, b, reps)
         rows.append({"preset": preset, "method": "two-stage baseline", "phase": phase.value, "step_s": t,
                      "samples_per_s": batch / t})
+    return rows
+
+
+def step_parts(modality: str, preset: str, batch: int, reps: int, overrides: list[str] = ()) -> list[dict[str, Any]]:
+    """What one UNITE step is made of, forward + backward of each part on one batch, and which part the
+    two-stage baseline's phases pay too: the tokenization pass, the decoder with its reconstruction loss,
+    one flow pass, the optimiser and EMA update; the frozen tokenizer's forward (no gradient) is what the
+    two-stage denoiser phase pays instead of the tokenization pass's backward."""
+    cfg = load_config(modality, overrides=[f"model.preset={preset}", f"train.batch_size={batch}",
+                                           "train.max_steps=1", "train.progress=false", *overrides])
+    tr = Trainer(cfg, make_adapter(cfg), Path("/tmp/unite-sci-speed"))
+    m, adapter = tr.model, tr.adapter
+    b = adapter.collate([tr.splits["train"][i] for i in range(batch)]).to(tr.device)
+    m.train()
+    regs = m.registers(b.mask, len(b.cond), tr.device, b.conds)
+    with torch.no_grad():
+        z0 = m.encode(b, regs)
+
+    def tokenize() -> None:
+        m.encode(b, regs).square().mean().backward()
+
+    def decode() -> None:
+        z = z0.clone().requires_grad_(True)
+        adapter.reconstruction_loss(m.decode(m.decoder_noise(z, regs), b.mask, regs), b)[0].backward()
+
+    def flow() -> None:
+        m.flow_losses(z0, b.cond, regs, b.conds)[0].backward()
+
+    def frozen_tokenize() -> None:
+        with torch.no_grad():
+            m.encode(b, regs)
+
+    def optimiser() -> None:
+        for o in tr.optimizers:
+            o.step()
+        tr.ema.update(m, torch.ones((), dtype=torch.bool))
+
+    step = _step_time(tr, b, reps)
+    parts = [("tokenization pass (GE on inputs + registers)", tokenize, "yes", "tokenizer", ""),
+             ("decoder + reconstruction loss", decode, "yes", "tokenizer", ""),
+             (f"flow pass (GE on registers) x K={cfg.flow.flow_batches}", flow, "yes", "", "denoiser"),
+             ("frozen tokenizer forward (no gradient)", frozen_tokenize, "no", "", "denoiser"),
+             ("optimiser + EMA update", optimiser, "yes", "tokenizer", "denoiser")]
+    rows = []
+    for name, fn, unite, tok, den in parts:
+        fn()  # warm-up (and grads exist for the optimiser)
+        sec = timed(fn, reps) * (cfg.flow.flow_batches if name.startswith("flow") else 1)
+        m.zero_grad(set_to_none=False)
+        rows.append({"modality": modality, "preset": preset, "part": name, "seconds": sec,
+                     "share_of_unite_step_%": 100 * sec / step if unite == "yes" else None,
+                     "in_unite_step": unite, "in_two_stage_phase": " + ".join(p for p in (tok, den) if p) or "-"})
+    rows.append({"modality": modality, "preset": preset, "part": "UNITE step, measured whole", "seconds": step,
+                 "share_of_unite_step_%": 100.0, "in_unite_step": "yes", "in_two_stage_phase": "-"})
     return rows

@@ -3,7 +3,7 @@ same run, the cost split of one step, padding share, sampling speed per solver.
 
     unite-sci benchmark speed [--out DIR] [modality=qm9 presets=tiny,small batch=128 steps=6]
                               [precision=fp32,bf16] [compile=false,true] [mem_batches=32,128] [stages=true]
-                              [eval=qm9,mp20,images eval_num=200] [sampling=true]
+                              [eval=qm9,mp20,images eval_num=200] [sampling=true] [profile=false]
 
 Each modality's CPU default, eager against compiled, with the matmul rate of the same run (the other
 sections skipped)::
@@ -20,7 +20,10 @@ step against the two-stage baseline's phases; evaluation throughput serial again
 (``eval=`` empty skips it). ``compile=false,true`` measures eager and ``torch.compile``d training steps
 side by side (FLOPs always counted on the eager model; compiled graphs come from and go to the persistent
 cache of :func:`unite_sci.trainer.persistent_compile_cache`). ``sampling=false`` skips sampling (``--num-samples``
-sets its count, default 64).
+sets its count, default 64). ``profile=true`` adds where each measured step's time goes (torch.profiler, self
+time per operator kind) and the MFU bound of the model's own GEMM shapes, each timed alone on the same threads
+(:mod:`unite_sci_benchmarks.profile`); ``stages=true`` also splits a UNITE step into its parts (forward +
+backward each) and names the two-stage phase that pays each.
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on a real step (forward + backward);
 the matmul reference is a square fp32 (and bf16) GEMM of comparable size on the same threads.
@@ -42,7 +45,8 @@ from unite_sci.sampling import sample_latents
 from unite_sci.schema import ranged
 from unite_sci.trainer import Trainer, resolve_device
 
-from unite_sci_benchmarks.costs import cuda_sync, eval_throughput, peak_memory, stage_costs, timed
+from unite_sci_benchmarks.costs import cuda_sync, eval_throughput, peak_memory, stage_costs, step_parts, timed
+from unite_sci_benchmarks.profile import against_reference, profile_markdown, step_profile
 
 
 @dataclass
@@ -60,6 +64,7 @@ class SpeedOptions:
     eval: list[str] = field(default_factory=lambda: ["qm9", "mp20", "images"])  # modalities; empty: skip
     eval_num: int = ranged(200, lo=1)
     sampling: bool = True
+    profile: bool = False               # torch.profiler per operator kind + the GEMM-shape MFU bound
 
 
 def matmul_flops(n: int = 1024, dtype: torch.dtype = torch.float32, seconds: float = 2.0,
@@ -79,11 +84,14 @@ def matmul_flops(n: int = 1024, dtype: torch.dtype = torch.float32, seconds: flo
 
 
 def measure_preset(modality: str, preset: str, batch: int, steps: int, precision: str,
-                   overrides: list[str], static_shapes: bool = False) -> dict[str, Any]:
+                   overrides: list[str], static_shapes: bool = False,
+                   profile: bool = False) -> dict[str, Any]:
     """One training step of ``preset`` on one fixed batch: seconds, FLOPs, cost split, padding, peak GPU
-    memory of the timed steps (None on a CPU). ``static_shapes``: with ``train.compile=true``, compile for
-    this batch's shapes instead of the trainer's dynamic ones (faster to compile and to run; the timed
-    batch never changes shape)."""
+    memory of the timed steps (None on a CPU), and the seconds of the two warm-up steps (``warmup_s``: with
+    ``train.compile=true`` the compile, or the persistent cache's reload). ``static_shapes``: with
+    ``train.compile=true``, compile for this batch's shapes instead of the trainer's dynamic ones (faster to
+    compile and to run; the timed batch never changes shape). ``profile``: also profile the step on a CPU
+    (:func:`unite_sci_benchmarks.profile.step_profile`)."""
     cfg = load_config(modality, overrides=[f"model.preset={preset}", f"train.batch_size={batch}",
                                            f"train.precision={precision}", "train.max_steps=1",
                                            "train.progress=false", *overrides])
@@ -105,9 +113,13 @@ def measure_preset(modality: str, preset: str, batch: int, steps: int, precision
     cuda = tr.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(tr.device)
+    t0 = time.perf_counter()
     for _ in range(2 if cfg.train.compile else 1):  # warm-up (compiling, when asked, takes minutes)
         tr.train_step(b)
+    warmup_s = time.perf_counter() - t0
     step_s = timed(lambda: tr.train_step(b), steps)
+    prof = (step_profile(lambda: tr.train_step(b), steps, flops)
+            if profile and tr.device.type == "cpu" else None)
     peak_gpu = torch.cuda.max_memory_allocated(tr.device) / 2**20 if cuda else None
     m = tr.model
     autocast = torch.autocast(tr.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -128,7 +140,8 @@ def measure_preset(modality: str, preset: str, batch: int, steps: int, precision
     pad_random, pad_bucketed = padding_shares(adapter, data, batch)
     params = sum(p.numel() for p in m.parameters())
     return {"preset": preset, "precision": precision, "compiled": cfg.train.compile, "batch": batch, "params_M": params / 1e6,
-            "step_s": step_s, "samples_per_s": batch / step_s, "flops_per_step": flops,
+            "step_s": step_s, "warmup_s": warmup_s, "samples_per_s": batch / step_s, "flops_per_step": flops,
+            "profile": prof,
             "achieved_GFLOPs": flops / step_s / 1e9, "padding_share": pad,
             "padding_random_batches": pad_random, "padding_bucketed_batches": pad_bucketed, "cost_split_s": split,
             "peak_gpu_MB": peak_gpu, "model": m, "adapter": adapter, "cfg": cfg}
@@ -212,7 +225,8 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
         for preset in presets:
             for prec in precisions:
                 for comp in compiled:
-                    r = measure_preset(modality, preset, batch, steps, prec, passthrough + [f"train.compile={comp}"])
+                    r = measure_preset(modality, preset, batch, steps, prec, passthrough + [f"train.compile={comp}"],
+                                       profile=opts.profile)
                     rows.append({"modality": modality, **r})
                     if comp == compiled[0]:
                         splits.append((f"{modality} / {preset} / {prec}", r["cost_split_s"], r["step_s"]))
@@ -233,9 +247,14 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
               for mb in ([32, batch] if opts.mem_batches is None else opts.mem_batches)]
     stages = [{"modality": m, **r} for m, (presets, batch) in plans.items() for preset in presets
               for r in stage_costs(m, preset, batch, steps, passthrough)] if opts.stages else []
+    parts = [r for m, (presets, batch) in plans.items() for preset in presets
+             for r in step_parts(m, preset, batch, steps, passthrough)] if opts.stages else []
     evals = [r for m in opts.eval for r in eval_throughput(m, opts.eval_num, passthrough if m in modalities else [])]
     table = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
-              if k not in ("cost_split_s", "model", "adapter", "cfg")} for r in rows]
+              if k not in ("cost_split_s", "model", "adapter", "cfg", "profile")} for r in rows]
+    profiles = [(f"{r['modality']} / {r['preset']} / {r['precision']} / "
+                 f"{'compiled' if r['compiled'] else 'eager'}", against_reference(r["profile"], ref[r["precision"]]),
+                 r["mfu_%"]) for r in rows if r["profile"]]
     split_md = "".join(f"**{name}** (step {step:.3f} s)\n\n" + markdown_table(
         [{"part": k, "seconds": v, "share_%": 100 * v / step} for k, v in sp.items()],
         ["part", "seconds", "share_%"]) + "\n" for name, sp, step in splits)
@@ -245,25 +264,31 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
         ("Machine", "\n".join(f"- {k}: {v}" for k, v in machine_description().items())),
         ("Matmul reference", ref_md),
         ("Training", markdown_table(table, [
-            "modality", "preset", "precision", "compiled", "batch", "params_M", "samples_per_s", "achieved_GFLOPs", "mfu_%", "padding_share",
+            "modality", "preset", "precision", "compiled", "batch", "params_M", "warmup_s", "samples_per_s", "achieved_GFLOPs", "mfu_%", "padding_share",
             "padding_random_batches", "padding_bucketed_batches"])),
         ("Eager against compiled (MFU against the matmul reference above)", markdown_table(
             side_by_side(table), ["modality", "preset", "precision", "batch", "eager_samples_per_s", "eager_mfu_%",
                                   "compiled_samples_per_s", "compiled_mfu_%", "speedup"])),
         ("Cost split of one step", split_md),
+        ("Where the step's time goes (torch.profiler, self time per operator kind)",
+         "".join(profile_markdown(*p) for p in profiles) or "|---"),
         ("Sampling", markdown_table(sampling, ["modality", "preset", "solver", "steps", "nfe", "samples_per_s"])),
         ("Peak memory of two training steps (fp32, a fresh process each)", markdown_table(memory, [
             "modality", "preset", "batch", "rss_before_step_MB", "peak_rss_MB", "step_increase_MB", "peak_gpu_MB", "error"])),
         ("UNITE single-stage step against the two-stage baseline's phases (fp32)",
          markdown_table(stages, ["modality", "preset", "method", "phase", "step_s", "samples_per_s"])
-         + "\nQuality at equal minutes: `unite-sci benchmark qm9` (both methods, same budget).\n"),
+         + "\nQuality at equal minutes: `unite-sci benchmark qm9` (both methods, same budget).\n" if stages else "|---"),
+        ("What a UNITE step is made of (eager, forward + backward of each part; the two-stage phase that pays it)",
+         markdown_table(parts, ["modality", "preset", "part", "seconds", "share_of_unite_step_%", "in_unite_step",
+                                "in_two_stage_phase"])),
         ("Evaluation throughput: generation metrics of real test items, serial against parallel",
          markdown_table(evals, ["modality", "mode", "workers", "items", "seconds", "items_per_s", "speedup"])),
     ]
     data = {"machine": machine_description(), "matmul_flops": ref, "matmul_flops_before": ref_before,
             "matmul_flops_after": ref_after, "training": table, "eager_vs_compiled": side_by_side(table),
             "cost_split": [{"run": n, "step_s": s, "parts": sp} for n, sp, s in splits], "sampling": sampling,
-            "memory": memory, "stages": stages, "evaluation": evals}
+            "profiles": [{"run": n, **p} for n, p, _ in profiles],
+            "memory": memory, "stages": stages, "step_parts": parts, "evaluation": evals}
     Path(out).mkdir(parents=True, exist_ok=True)
     # drop the tables of parts not measured (a header and no rows)
     sections = [(h, body) for h, body in sections if not body.strip().splitlines()[-1].startswith("|---")]
