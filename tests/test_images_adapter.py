@@ -87,6 +87,19 @@ def test_loss_is_zero_for_a_perfect_reconstruction_and_lpips_is_frozen(setup):
     assert not any("lpips" in k or "alexnet" in k for k in model.state_dict())  # never saved nor averaged
 
 
+def test_the_loss_network_is_built_with_the_model_not_inside_the_first_forward():
+    """A compiled forward that built LPIPS lazily traced its file reads (graph breaks, warnings on first use)."""
+    cfg = build_config("images", ImageConfig, [], TINY + SMALL + ["model.latent_dim=4"])
+    a = ImageAdapter(cfg.data)
+    assert a._lpips is None
+    Unite(a, cfg)
+    assert a._lpips is not None
+    no_lpips = build_config("images", ImageConfig, [], TINY + SMALL + ["model.latent_dim=4", "data.lpips_weight=0"])
+    b = ImageAdapter(no_lpips.data)
+    Unite(b, no_lpips)
+    assert b._lpips is None  # not built where the loss has no LPIPS term
+
+
 def test_to_domain_clamps_and_quantises(setup):
     a, _, _ = setup
     out = {"images": torch.tensor([-0.5, 0.0, 0.5, 1.0, 1.5]).view(1, 1, 1, 5)}

@@ -121,8 +121,10 @@ def summary(name: str, path: Path) -> str:
         return f"{name}: {e}"
     t, w, s = c.get("training", {}), c["weights"], c.get("scores") or {}
     gen = s.get("generation", {})
-    head = ", ".join(f"{k} {gen[k]:.1f}" for k in c.get("headline", []) if isinstance(gen.get(k), (int, float)))
-    scored = (f"; {head} ({s.get('num_samples')} samples, temperature {s.get('temperature')})" if head
+    head = ", ".join(f"{k} {gen[k]:.{1 if abs(gen[k]) >= 10 else 2}f}" for k in c.get("headline", [])
+                     if isinstance(gen.get(k), (int, float)))
+    cfg = f", CFG {s['cfg_scale']:g}" if s.get("cfg_scale") is not None else ""
+    scored = (f"; {head} ({s.get('num_samples')} samples, temperature {s.get('temperature')}{cfg})" if head
               else "; not scored")
     return (f"{name}: {c.get('modality')}, preset {c.get('recipe', {}).get('preset')}, {t.get('steps')} steps, "
             f"{t.get('cpu_hours')} CPU-h, {w.get('size_mb')} MB{scored}")
@@ -310,6 +312,9 @@ def add_scores(weights: Path, results: dict[str, Any], command: str, headline: l
     scores = {"command": command, "num_samples": samp.get("num_samples"), "seed": samp.get("seed"),
               "solver": samp.get("solver"), "steps": samp.get("steps"), "temperature": samp.get("temperature"),
               "generation": gen}
+    if samp.get("cfg_scale") is not None:  # class-conditional modalities: the guidance scale the numbers are at
+        scores = {**{k: v for k, v in scores.items() if k != "generation"}, "cfg_scale": samp["cfg_scale"],
+                  "generation": gen}
     for key in sorted(k for k in results if k.startswith("generation_temperature_")):  # rows beside the headline
         scores[key] = _numbers(results[key])
     scores["reconstruction"] = _numbers(results.get("reconstruction", {}))

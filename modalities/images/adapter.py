@@ -257,6 +257,8 @@ class ImageAdapter(AdapterBase):
         return PatchEmbedder(width, self.cfg.patch_size, self.channels, self.side)
 
     def build_heads(self, width: int) -> nn.Module:
+        if self.cfg.lpips_weight > 0:  # the loss's network, built with the model: never inside a compiled forward,
+            self.lpips()               # whose tracer would otherwise walk its file reads (graph breaks, warnings)
         return PixelHeads(width, self.cfg.patch_size, self.channels, self.cfg.image_size,
                           self.cfg.pixel_activation)
 
