@@ -1,6 +1,8 @@
 """Trainer: exact resume, atomic checkpoints, schedules, EMA, two-stage phases, non-finite steps."""
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,23 @@ def test_compile_cache_lives_under_the_cache_root_unless_torch_is_told(tmp_path,
     assert inductor.fx_graph_cache and functorch.enable_autograd_cache
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's folder wins
     assert persistent_compile_cache() == tmp_path / "mine"
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing inductor sets
+    assert persistent_compile_cache() == tmp_path / "root" / "torch-compile"
+
+
+@pytest.mark.slow  # a cold inductor start in a fresh process: about a minute of CPU; the test above is the fast check
+def test_a_compile_after_inductor_was_imported_writes_into_the_cache_root(tmp_path):
+    """End to end in a fresh process: importing torch._inductor first (as any compile does) must not send the
+    compiled graphs to inductor's /tmp default."""
+    code = ("import torch, torch._inductor.config\n"
+            "from unite_sci.trainer import persistent_compile_cache\n"
+            "persistent_compile_cache()\n"
+            "print(float(torch.compile(lambda x: (x * 2 + 1).sum())(torch.ones(4))))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env.update(UNITE_SCI_CACHE=str(tmp_path / "root"), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("12.0"), out.stderr[-2000:]
+    written = [p for p in (tmp_path / "root" / "torch-compile").rglob("*") if p.is_file()]
+    assert written, "nothing was written under the cache root"

@@ -75,8 +75,13 @@ def persistent_compile_cache() -> Path:
     """
     from torch._functorch import config as functorch_config
     from torch._inductor import config as inductor_config
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    os.environ.setdefault(COMPILE_CACHE_ENV, str(cache_root() / "torch-compile"))
+    given = os.environ.get(COMPILE_CACHE_ENV)
+    # importing torch._inductor fills the variable in with its own default (/tmp/torchinductor_<user>): that
+    # value counts as unset, or the cache would stay in /tmp (found when a 2-hour run's graphs landed there)
+    if given is None or os.path.abspath(given) == os.path.abspath(default_cache_dir()):
+        os.environ[COMPILE_CACHE_ENV] = str(cache_root() / "torch-compile")
     inductor_config.fx_graph_cache = True  # both on by default in torch 2.14; stated, not assumed
     functorch_config.enable_autograd_cache = True
     return Path(os.environ[COMPILE_CACHE_ENV])
