@@ -219,8 +219,10 @@ def test_shared_weights_are_counted_once_and_every_temperature_row_reaches_the_c
     card = sh.add_scores(weights, results, "unite-sci benchmark toy", ["toy/validity"])
     assert card["scores"]["generation_temperature_0.5"] == {"toy/validity": 55.0}
     assert card["floor"]["metrics"] == {"toy/validity": 20.0}  # the floor reads the headline temperature
-    assert "cfg_scale" not in card["scores"]  # an unconditional model has no guidance scale
+    assert "cfg_scale" not in card["scores"] and "CFG" not in sh.summary("t2", weights)  # none reported
     guided = sh.add_scores(weights, {**results, "sampling": {"temperature": 1.0, "cfg_scale": 1.5}},
                            "unite-sci benchmark toy", ["toy/validity"])
     assert guided["scores"]["cfg_scale"] == 1.5  # the scale the numbers were measured at
     assert "CFG 1.5" in sh.summary("t2", weights)
+    sh.add_scores(weights, {**results, "sampling": {"temperature": 1.0, "cfg_scale": 1.0}}, "b", ["toy/validity"])
+    assert "CFG" not in sh.summary("t2", weights)  # scale 1 is no guidance: not shown

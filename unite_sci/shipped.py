@@ -123,7 +123,7 @@ def summary(name: str, path: Path) -> str:
     gen = s.get("generation", {})
     head = ", ".join(f"{k} {gen[k]:.{1 if abs(gen[k]) >= 10 else 2}f}" for k in c.get("headline", [])
                      if isinstance(gen.get(k), (int, float)))
-    cfg = f", CFG {s['cfg_scale']:g}" if s.get("cfg_scale") is not None else ""
+    cfg = f", CFG {s['cfg_scale']:g}" if s.get("cfg_scale") not in (None, 1.0) else ""  # 1: no guidance
     scored = (f"; {head} ({s.get('num_samples')} samples, temperature {s.get('temperature')}{cfg})" if head
               else "; not scored")
     return (f"{name}: {c.get('modality')}, preset {c.get('recipe', {}).get('preset')}, {t.get('steps')} steps, "
@@ -312,7 +312,7 @@ def add_scores(weights: Path, results: dict[str, Any], command: str, headline: l
     scores = {"command": command, "num_samples": samp.get("num_samples"), "seed": samp.get("seed"),
               "solver": samp.get("solver"), "steps": samp.get("steps"), "temperature": samp.get("temperature"),
               "generation": gen}
-    if samp.get("cfg_scale") is not None:  # class-conditional modalities: the guidance scale the numbers are at
+    if samp.get("cfg_scale") is not None:  # the guidance scale the numbers are at (1: none)
         scores = {**{k: v for k, v in scores.items() if k != "generation"}, "cfg_scale": samp["cfg_scale"],
                   "generation": gen}
     for key in sorted(k for k in results if k.startswith("generation_temperature_")):  # rows beside the headline
