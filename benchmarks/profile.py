@@ -9,11 +9,17 @@ GEMM, bound the MFU any kernel fusion or scheduling could give this model at thi
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable
 
-import torch
-from torch.profiler import ProfilerActivity, profile
+# kineto (torch.profiler's backend) prints stage lines and, on a machine without a GPU, an "ERROR" about the
+# GPU count that is no error here: level 5 silences both (read when the profiler first starts; its two USDT
+# start/stop lines stay)
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 # operator kinds, first match wins (names as the profiler reports them)
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
@@ -37,32 +43,34 @@ def op_kind(name: str) -> str | None:
     return next((kind for kind, match in KINDS if match(name)), None)
 
 
+def gemm_dims(name: str, shapes: list[list[int]]) -> tuple[int, int, int, int]:
+    """(batch, m, k, n) of one GEMM call from its recorded input shapes. The profiler records a transposed
+    operand by its stored shape at times ((m, k) with (n, k)): the shared k decides which way round."""
+    if name not in GEMM_OPS:
+        raise ValueError(f"not a GEMM operator: {name}")
+    dims = [s for s in shapes if s]
+    a, b = dims[-2], dims[-1]  # addmm / baddbmm: the addend comes first
+    batch = a[0] if len(a) == 3 else 1
+    m, k = a[-2], a[-1]
+    n = b[-1] if b[-2] == k else b[-2]
+    return batch, m, k, n
+
+
 def gemm_flops(name: str, shapes: list[list[int]]) -> int:
     """Multiply-add FLOPs (2 per MAC) of one GEMM call from its recorded input shapes."""
-    dims = [s for s in shapes if s]
-    if name == "aten::mm":
-        (m, k), (_, n) = dims[0], dims[1]
-        return 2 * m * k * n
-    if name == "aten::addmm":  # (bias, a, b)
-        (m, k), (_, n) = dims[-2], dims[-1]
-        return 2 * m * k * n
-    if name in ("aten::bmm", "aten::baddbmm"):  # (b, m, k) x (b, k, n); baddbmm's first input is the addend
-        (b, m, k), (_, _, n) = dims[-2], dims[-1]
-        return 2 * b * m * k * n
-    raise ValueError(f"not a GEMM operator: {name}")
+    batch, m, k, n = gemm_dims(name, shapes)
+    return 2 * batch * m * k * n
 
 
 def standalone_gemm_seconds(name: str, shapes: list[list[int]], seconds: float = 0.1) -> float:
     """Seconds per call of this GEMM shape alone (same dtype fp32, same threads), warmed up."""
-    dims = [s for s in shapes if s]
-    a, b = torch.randn(*dims[-2]), torch.randn(*dims[-1])
-    if name == "aten::addmm":
-        bias = torch.randn(b.shape[-1])
-        fn = lambda: torch.addmm(bias, a, b)  # noqa: E731
-    elif name == "aten::mm":
-        fn = lambda: torch.mm(a, b)  # noqa: E731
-    else:
+    batch, m, k, n = gemm_dims(name, shapes)
+    if name in ("aten::bmm", "aten::baddbmm"):
+        a, b = torch.randn(batch, m, k), torch.randn(batch, k, n)
         fn = lambda: torch.bmm(a, b)  # noqa: E731
+    else:
+        a, b, bias = torch.randn(m, k), torch.randn(k, n), torch.randn(n)
+        fn = (lambda: torch.addmm(bias, a, b)) if name == "aten::addmm" else (lambda: torch.mm(a, b))  # noqa: E731
     for _ in range(3):
         fn()
     reps, t0 = 0, time.perf_counter()

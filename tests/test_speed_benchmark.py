@@ -45,6 +45,13 @@ def test_gemm_flops_read_each_operators_shapes():
     assert gemm_flops("aten::addmm", [[3], [8, 4], [4, 3]]) == 2 * 8 * 4 * 3  # bias first
     assert gemm_flops("aten::bmm", [[5, 8, 4], [5, 4, 3]]) == 2 * 5 * 8 * 4 * 3
     assert gemm_flops("aten::baddbmm", [[5, 8, 3], [5, 8, 4], [5, 4, 3]]) == 2 * 5 * 8 * 4 * 3
+    assert gemm_flops("aten::mm", [[512, 128], [32, 128]]) == 2 * 512 * 128 * 32  # a transposed operand
+
+
+def test_a_gemm_recorded_with_a_transposed_operand_is_timed_alone():
+    from unite_sci_benchmarks.profile import standalone_gemm_seconds
+
+    assert standalone_gemm_seconds("aten::mm", [[64, 16], [8, 16]], seconds=0.001) > 0
 
 
 def test_op_kinds_sort_gemm_attention_and_optimiser_apart():
