@@ -128,6 +128,13 @@ def peak_memory(modality: str, preset: str, batch: int, precision: str = "fp32",
 
 
 # ---------------------------------------------------------------------------- two-stage phases
+def _trainer_and_batch(modality: str, batch: int, overrides: list[str]) -> tuple[Trainer, Any]:
+    """A trainer of ``modality`` with ``overrides`` and its first ``batch`` training items, collated on its device."""
+    cfg = load_config(modality, overrides=overrides)
+    tr = Trainer(cfg, make_adapter(cfg), Path("/tmp/unite-sci-speed"))
+    return tr, tr.adapter.collate([tr.splits["train"][i] for i in range(batch)]).to(tr.device)
+
+
 def _step_time(tr: Trainer, batch: Any, reps: int) -> float:
     tr.train_step(batch)  # warm-up
     return timed(lambda: tr.train_step(batch), reps)
@@ -139,9 +146,7 @@ def stage_costs(modality: str, preset: str, batch: int, reps: int, overrides: li
     common = [f"model.preset={preset}", f"train.batch_size={batch}", "train.max_steps=1", "train.progress=false",
               *overrides]
     rows = []
-    cfg = load_config(modality, overrides=common)
-    single = Trainer(cfg, make_adapter(cfg), Path("/tmp/unite-sci-speed"))
-    b = single.adapter.collate([single.splits["train"][i] for i in range(batch)]).to(single.device)
+    single, b = _trainer_and_batch(modality, batch, common)
     t = _step_time(single, b, reps)
     rows.append({"preset": preset, "method": "UNITE single-stage", "phase": Phase.JOINT.value, "step_s": t,
                  "samples_per_s": batch / t})
@@ -160,11 +165,9 @@ def step_parts(modality: str, preset: str, batch: int, reps: int, overrides: lis
     two-stage baseline's phases pay too: the tokenization pass, the decoder with its reconstruction loss,
     one flow pass, the optimiser and EMA update; the frozen tokenizer's forward (no gradient) is what the
     two-stage denoiser phase pays instead of the tokenization pass's backward."""
-    cfg = load_config(modality, overrides=[f"model.preset={preset}", f"train.batch_size={batch}",
-                                           "train.max_steps=1", "train.progress=false", *overrides])
-    tr = Trainer(cfg, make_adapter(cfg), Path("/tmp/unite-sci-speed"))
-    m, adapter = tr.model, tr.adapter
-    b = adapter.collate([tr.splits["train"][i] for i in range(batch)]).to(tr.device)
+    tr, b = _trainer_and_batch(modality, batch, [f"model.preset={preset}", f"train.batch_size={batch}",
+                                                 "train.max_steps=1", "train.progress=false", *overrides])
+    cfg, m, adapter = tr.cfg, tr.model, tr.adapter
     m.train()
     regs = m.registers(b.mask, len(b.cond), tr.device, b.conds)
     with torch.no_grad():

@@ -310,11 +310,10 @@ def add_scores(weights: Path, results: dict[str, Any], command: str, headline: l
     gen = _numbers(results.get("generation", {}))
     samp = results.get("sampling", {})
     scores = {"command": command, "num_samples": samp.get("num_samples"), "seed": samp.get("seed"),
-              "solver": samp.get("solver"), "steps": samp.get("steps"), "temperature": samp.get("temperature"),
-              "generation": gen}
+              "solver": samp.get("solver"), "steps": samp.get("steps"), "temperature": samp.get("temperature")}
     if samp.get("cfg_scale") is not None:  # the guidance scale the numbers are at (1: none)
-        scores = {**{k: v for k, v in scores.items() if k != "generation"}, "cfg_scale": samp["cfg_scale"],
-                  "generation": gen}
+        scores["cfg_scale"] = samp["cfg_scale"]
+    scores["generation"] = gen
     for key in sorted(k for k in results if k.startswith("generation_temperature_")):  # rows beside the headline
         scores[key] = _numbers(results[key])
     scores["reconstruction"] = _numbers(results.get("reconstruction", {}))
