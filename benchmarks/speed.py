@@ -108,13 +108,13 @@ def measure_preset(modality: str, preset: str, batch: int, steps: int, precision
         loss.backward()
     flops = fc.get_total_flops()
     tr.model.zero_grad(set_to_none=True)
-    if cfg.train.compile and static_shapes:
+    if tr.compiled and static_shapes:
         tr.ddp = torch.compile(tr.model, dynamic=False)  # in place of the trainer's dynamic=True wrapper
     cuda = tr.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(tr.device)
     t0 = time.perf_counter()
-    for _ in range(2 if cfg.train.compile else 1):  # warm-up (compiling, when asked, takes minutes)
+    for _ in range(2 if tr.compiled else 1):  # warm-up (compiling, when asked, takes minutes)
         tr.train_step(b)
     warmup_s = time.perf_counter() - t0
     step_s = timed(lambda: tr.train_step(b), steps)
@@ -139,7 +139,7 @@ def measure_preset(modality: str, preset: str, batch: int, steps: int, precision
     pad = 0.0 if b.mask is None else 1.0 - b.mask.float().mean().item()
     pad_random, pad_bucketed = padding_shares(adapter, data, batch)
     params = sum(p.numel() for p in m.parameters())
-    return {"preset": preset, "precision": precision, "compiled": cfg.train.compile, "batch": batch, "params_M": params / 1e6,
+    return {"preset": preset, "precision": precision, "compiled": tr.compiled, "batch": batch, "params_M": params / 1e6,
             "step_s": step_s, "warmup_s": warmup_s, "samples_per_s": batch / step_s, "flops_per_step": flops,
             "profile": prof,
             "achieved_GFLOPs": flops / step_s / 1e9, "padding_share": pad,

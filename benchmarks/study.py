@@ -49,6 +49,7 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
     "decnoise": (["decoder_noise.prob=0.9", "decoder_noise.t_min=0.5"],
                  "stronger decoder-side latent noise: p 0.9, t ~ U[0.5, 1] (default p 0.5, U[0.7, 1])"),
     "compile": (["train.compile=true"], "torch.compile of the training step (compile time counts)"),
+    "eager": (["train.compile=false"], "no torch.compile (the default compiles budgets of 10 minutes and more)"),
     "ema999": (["optim.ema_decay=0.999"], "EMA decay 0.999 instead of 0.9978"),
     "lr2e-3": (["optim.lr=0.002"], "learning rate 2e-3 instead of 1e-3"),
     "bf16": (["train.precision=bf16"], "bf16 autocast"),

@@ -195,6 +195,35 @@ def test_compiled_step_matches_eager(tmp_path, monkeypatch):
         assert abs(la["loss"] - lb["loss"]) < 1e-4 * max(1.0, abs(la["loss"]))
 
 
+def test_compile_auto_turns_on_only_for_runs_that_repay_the_first_compile(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from unite_sci import trainer
+    from unite_sci.config import TrainConfig
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(trainer, "compiler_missing", lambda device: None)
+    auto = TrainConfig(compile=None)
+    cases = [(dict(budget_minutes=10.0), True), (dict(budget_minutes=9.9), False),
+             (dict(max_steps=2000), True), (dict(max_steps=1999), False),
+             (dict(budget_minutes=5.0, max_steps=5000), False),  # the first limit reached decides
+             (dict(budget_minutes=30.0, max_steps=4), False),
+             (dict(budget_minutes=30.0, compile=False), False), (dict(max_steps=4, compile=True), True)]
+    for fields, on in cases:
+        assert trainer.compile_decision(replace(auto, **fields), cpu, 2)[0] is on, fields
+    # one CPU thread compiles slower and gains less: three times the run
+    for fields, on in [(dict(budget_minutes=29.0), False), (dict(budget_minutes=30.0), True),
+                       (dict(max_steps=5999), False), (dict(max_steps=6000), True)]:
+        assert trainer.compile_decision(replace(auto, **fields), cpu, 1)[0] is on, fields
+    monkeypatch.setattr(trainer, "compiler_missing", lambda device: "no C++ compiler found")
+    on, why = trainer.compile_decision(replace(auto, budget_minutes=30.0), cpu, 2)
+    assert not on and "no C++ compiler" in why
+    # the trainer follows the decision, and a forced compile ignores a short run
+    monkeypatch.setattr(trainer, "compiler_missing", lambda device: None)
+    long = make_trainer(tmp_path / "a", "train.max_steps=0", "train.budget_minutes=30", "train.threads=2")
+    assert long.compiled and not make_trainer(tmp_path / "b", "train.max_steps=4").compiled
+
+
 def test_budget_run_shows_a_time_bar_with_total_and_eta(tmp_path, capsys):
     """A run limited by wall time counts seconds against its budget (a total, hence an ETA); a run limited
     by steps counts steps."""

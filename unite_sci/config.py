@@ -136,8 +136,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     precision: Precision = Precision.fp32  # fp32 | bf16 (autocast)
-    compile: bool = False               # torch.compile the training forward (fuses element-wise ops); the
-                                        # compiled graphs are cached in <cache root>/torch-compile
+    compile: Optional[bool] = None      # torch.compile the training forward (fuses element-wise ops). null
+                                        # (auto): on for runs that repay the first compile (budget >= 10
+                                        # min, or >= 2,000 steps), when a compiler is found. The compiled
+                                        # graphs are cached in <cache root>/torch-compile
                                         # (~/.cache/unite-sci/torch-compile; $TORCHINDUCTOR_CACHE_DIR wins)
     threads: int = non_negative(0)      # CPU threads for torch; 0 = all cores
     num_workers: int = non_negative(0)  # data-loading processes

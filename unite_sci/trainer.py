@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .adapter import Adapter, Batch, class_path, has_quick_metrics
 from .checkpoint import latest_complete, save_checkpoint
-from .config import RunConfig, to_yaml
+from .config import RunConfig, TrainConfig, to_yaml
 from .errors import Interrupted, UserError
 from .files import cache_root
 from .generation import generate
@@ -85,6 +85,53 @@ def persistent_compile_cache() -> Path:
     inductor_config.fx_graph_cache = True  # both on by default in torch 2.14; stated, not assumed
     functorch_config.enable_autograd_cache = True
     return Path(os.environ[COMPILE_CACHE_ENV])
+
+
+# train.compile unset (auto): compile when the run repays the first compile. Measured on a 2-core Xeon (docs/
+# results.md, Speed): with 2 threads a cold compile takes 90-130 s and buys 1.45-1.84x samples/s (the CPU
+# defaults), so it breaks even within 4-7 minutes; on one thread the first compile takes 240-300 s for
+# MP-20 and images, which gain only 1.13-1.24x there (break-even 20-45 minutes). From the persistent cache a
+# compile takes ~30 s. Eager steps of the CPU defaults take 0.3-0.7 s: 2,000 steps are 10-20 minutes.
+AUTO_COMPILE_MINUTES = 10.0  # and 3x on one CPU thread
+AUTO_COMPILE_STEPS = 2000
+
+
+def compiler_missing(device: torch.device) -> str | None:
+    """Why torch.compile cannot build kernels for ``device`` here (no C++ compiler, no Triton), or None."""
+    try:
+        if device.type == "cpu":
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        elif device.type == "cuda":
+            from torch.utils._triton import has_triton
+
+            if not has_triton():
+                return "no Triton for CUDA kernels"
+    except Exception:  # inductor's own search found no compiler (InvalidCxxCompiler and kin)
+        return "no C++ compiler found (install g++ or set $CXX)"
+    return None
+
+
+def compile_decision(t: TrainConfig, device: torch.device, threads: int) -> tuple[bool, str]:
+    """Whether a run compiles its training step, and why (the line the run prints). ``threads``: torch's
+    CPU threads (one thread compiles slower and gains less)."""
+    if t.compile is not None:
+        return bool(t.compile), f"train.compile={str(t.compile).lower()}"
+    scale = 3 if device.type == "cpu" and threads == 1 else 1
+    on_cpu = " on one CPU thread" if scale > 1 else ""
+    # a run stops at whichever limit comes first: it is short when either set limit is short
+    if 0 < t.max_steps < scale * AUTO_COMPILE_STEPS:
+        return False, (f"auto: {t.max_steps} steps{on_cpu} are too few to repay a first compile; "
+                       "train.compile=true forces it")
+    if 0 < t.budget_minutes < scale * AUTO_COMPILE_MINUTES:
+        return False, (f"auto: a {t.budget_minutes:g}-minute budget{on_cpu} is too short to repay a first "
+                       "compile; train.compile=true forces it")
+    size = f"a {t.budget_minutes:g}-minute budget" if t.budget_minutes else f"{t.max_steps} steps"
+    missing = compiler_missing(device)
+    if missing:
+        return False, f"auto: {missing}"
+    return True, f"auto: {size} repays the first compile; train.compile=false turns it off"
 
 
 def dist_info() -> tuple[int, int]:
@@ -206,6 +253,7 @@ class Trainer:
         self.clock = time.perf_counter  # seconds; the budget's clock, replaceable in tests
         self.guard = FiniteGuard(self.device, t.max_nonfinite)
         self.resumed_from: str | None = None  # the checkpoint file :meth:`resume` loaded
+        self.compiled, self.compile_why = compile_decision(t, self.device, torch.get_num_threads())
         self._sampling = has_quick_metrics(adapter)
         self.runlog: RunLog | None = None  # rank 0's metrics.jsonl / train.log / tb/, open while fitting
         if t.sample_every and not self._sampling and self.rank == 0:
@@ -238,7 +286,7 @@ class Trainer:
         if self.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.model, find_unused_parameters=self.phase != Phase.JOINT)
-        if self.cfg.train.compile:
+        if self.compiled:
             persistent_compile_cache()  # compiled graphs and kernels from earlier runs are reused
             # dynamic shapes: size buckets change the padded element count from batch to batch
             self.ddp = torch.compile(self.ddp, dynamic=True)
@@ -435,6 +483,10 @@ class Trainer:
             print(f"resumed from step {self.step} ({self.resumed_from})" if resumed else
                   f"nothing to resume: no complete checkpoint in '{self.out / 'checkpoints'}'; "
                   "starting from step 0", file=sys.stderr, flush=True)
+        if self.rank == 0 and (self.compiled or t.progress):  # never silent: the first compile takes minutes
+            where = f"; graphs cached in {persistent_compile_cache()}" if self.compiled else ""
+            print(f"compile: {'on' if self.compiled else 'off'} ({self.compile_why}){where}", file=sys.stderr,
+                  flush=True)
         # A budget run counts seconds (total and ETA known); a step-limited run counts steps.
         timed = bool(t.budget_minutes) and not t.max_steps
         bar = tqdm(total=round(60 * t.budget_minutes) if timed else (t.max_steps or None),
@@ -451,7 +503,7 @@ class Trainer:
         if log and not resumed:  # a first row at once: what the run is, and how long its data took
             log.write({"step": 0, "phase": self.phase, "elapsed_s": 0.0, "data_prep_s": self.data_prep_s,
                        "parameters": sum(p.numel() for p in self.model.parameters()),
-                       "batch_size": t.batch_size, "world_size": self.world})
+                       "batch_size": t.batch_size, "world_size": self.world, "compiled": self.compiled})
         try:
             while not self._done():
                 signum = self._stop_requested(stop)
