@@ -1,5 +1,6 @@
 """Trainer: exact resume, atomic checkpoints, schedules, EMA, two-stage phases, non-finite steps."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -233,6 +234,18 @@ def test_budget_run_shows_a_time_bar_with_total_and_eta(tmp_path, capsys):
     tr = make_trainer(tmp_path / "b", "train.max_steps=4", "train.progress=true")
     tr.fit()
     assert "/4 [" in capsys.readouterr().err
+
+
+def test_two_stage_trains_compiled_in_both_phases(tmp_path):
+    """The compiled tokenizer phase once returned its loss without grad_fn (inductor and a sum started from
+    zeros): every two-stage run with train.compile=true failed at its first step."""
+    tr = make_trainer(tmp_path, "train.mode=two_stage", "model.shared_weights=false", "train.compile=true")
+    batch = next(iter(tr._loader()))
+    for phase in (Phase.TOKENIZER, Phase.DENOISER):
+        tr.enter_phase(phase)
+        before = [p.detach().clone() for p in tr.model.trainable_for_phase()]
+        assert math.isfinite(tr.train_step(batch)["loss"])
+        assert any(not torch.equal(a, p) for a, p in zip(before, tr.model.trainable_for_phase())), phase
 
 
 def test_compile_cache_lives_under_the_cache_root_unless_torch_is_told(tmp_path, monkeypatch):

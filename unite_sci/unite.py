@@ -201,13 +201,15 @@ class Unite(nn.Module):
     def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss (scalar) and its parts for logging."""
         logs: dict[str, Tensor] = {}
-        total = torch.zeros((), device=batch.cond.device)
+        # the phase's loss terms, summed at the end: a sum started from a zeros tensor made inductor's compiled
+        # tokenizer phase (two-stage) return a loss without grad_fn (torch 2.14; the joint phase was unaffected)
+        terms: list[Tensor] = []
         regs = self.registers(batch.mask, batch.cond.shape[0], batch.cond.device, batch.conds)  # once per step
         if self.phase in (Phase.JOINT, Phase.TOKENIZER):
             z0 = self.encode(batch, regs)  # (B, K, C)
             out = self.decode(self.decoder_noise(z0, regs), batch.mask, regs)
             l_rec, parts = self.adapter.reconstruction_loss(out, batch)
-            total = total + l_rec
+            terms.append(l_rec)
             logs["rec"] = l_rec.detach()
             logs.update({f"rec/{k}": torch.as_tensor(v).detach() for k, v in parts.items()})
         if self.phase == Phase.DENOISER:
@@ -217,8 +219,9 @@ class Unite(nn.Module):
             x1 = z0.detach() if (self.cfg.flow.stop_gradient or self.phase == Phase.DENOISER) else z0
             flows = self.flow_losses(x1, batch.cond, regs, batch.conds)
             l_flow = torch.stack(flows).sum()  # summed over the K passes, not averaged
-            total = total + (self.flow_weight * l_flow if self.phase == Phase.JOINT else l_flow)
+            terms.append(self.flow_weight * l_flow if self.phase == Phase.JOINT else l_flow)
             logs["flow"] = l_flow.detach()
+        total = sum(terms[1:], terms[0])
         logs["loss"] = total.detach()
         return total, logs
 
