@@ -19,7 +19,7 @@ sampling per solver; peak memory per preset and batch size (each in a fresh proc
 step against the two-stage baseline's phases; evaluation throughput serial against parallel per modality
 (``eval=`` empty skips it). ``compile=false,true`` measures eager and ``torch.compile``d training steps
 side by side (FLOPs always counted on the eager model; compiled graphs come from and go to the persistent
-cache of :func:`unite_sci.trainer.persistent_compile_cache`). ``sampling=false`` skips sampling (``--num-samples``
+cache of :func:`unite_sci.compiling.persistent_compile_cache`). ``sampling=false`` skips sampling (``--num-samples``
 sets its count, default 64). ``profile=true`` adds where each measured step's time goes (torch.profiler, self
 time per operator kind) and the MFU bound of the model's own GEMM shapes, each timed alone on the same threads
 (:mod:`unite_sci_benchmarks.profile`); ``stages=true`` also splits a UNITE step into its parts (forward +

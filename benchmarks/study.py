@@ -397,12 +397,18 @@ def plot_scaling(report_json: Path, out_png: Path) -> None:
     data = json.loads(report_json.read_text())
     keys = ["connected_validity", "edm/atom_stability", "edm/molecule_stability"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
+    minutes = {r["candidate"]: r.get("minutes") for r in data["rows"]}  # the budget when there is only one
+
+    def budget(tag: str, method: str) -> float:  # tags carry "_<N>min" only when the study has several budgets
+        last = tag.rsplit("_", 1)[1]
+        return float(last[:-3]) if last.endswith("min") else float(minutes[method])
+
     for ax, key in zip(axes, keys):
-        for method in sorted({r["candidate"] for r in data["rows"]}):
+        for method in sorted(minutes):
             pts = []
             for tag, row in data["per_job"].items():
                 if tag.startswith(method + "_s") and isinstance(row.get(key), (int, float)):
-                    pts.append((float(tag.rsplit("_", 1)[1][:-3]), row[key]))
+                    pts.append((budget(tag, method), row[key]))
             if pts:
                 xs = sorted({x for x, _ in pts})
                 ys = [[y for x, y in pts if x == m] for m in xs]

@@ -63,3 +63,15 @@ def test_scaling_plot_reads_budgets_from_job_tags(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps({"rows": rows, "per_job": per_job}))
     plot_scaling(tmp_path / "report.json", tmp_path / "scaling.png")
     assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scaling_plot_of_one_budget_reads_it_from_the_rows(tmp_path):
+    """With one budget the job tags carry no "_<N>min" (a 30-minute-only study crashed in its plot)."""
+    from unite_sci_benchmarks.study import plot_scaling
+
+    per_job = {f"{m}_s{s}": {"connected_validity": 40.0 + s, "edm/atom_stability": 50.0, "edm/molecule_stability": 0.0}
+               for m in ("unite", "two_stage") for s in (0, 1)}
+    rows = [{"candidate": m, "minutes": 30.0} for m in ("unite", "two_stage")]
+    (tmp_path / "report.json").write_text(json.dumps({"rows": rows, "per_job": per_job}))
+    plot_scaling(tmp_path / "report.json", tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

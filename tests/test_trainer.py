@@ -199,11 +199,11 @@ def test_compiled_step_matches_eager(tmp_path, monkeypatch):
 def test_compile_auto_turns_on_only_for_runs_that_repay_the_first_compile(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from unite_sci import trainer
+    from unite_sci import compiling
     from unite_sci.config import TrainConfig
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(trainer, "compiler_missing", lambda device: None)
+    monkeypatch.setattr(compiling, "compiler_missing", lambda device: None)
     auto = TrainConfig(compile=None)
     cases = [(dict(budget_minutes=10.0), True), (dict(budget_minutes=9.9), False),
              (dict(max_steps=2000), True), (dict(max_steps=1999), False),
@@ -211,16 +211,16 @@ def test_compile_auto_turns_on_only_for_runs_that_repay_the_first_compile(tmp_pa
              (dict(budget_minutes=30.0, max_steps=4), False),
              (dict(budget_minutes=30.0, compile=False), False), (dict(max_steps=4, compile=True), True)]
     for fields, on in cases:
-        assert trainer.compile_decision(replace(auto, **fields), cpu, 2)[0] is on, fields
+        assert compiling.compile_decision(replace(auto, **fields), cpu, 2)[0] is on, fields
     # one CPU thread compiles slower and gains less: three times the run
     for fields, on in [(dict(budget_minutes=29.0), False), (dict(budget_minutes=30.0), True),
                        (dict(max_steps=5999), False), (dict(max_steps=6000), True)]:
-        assert trainer.compile_decision(replace(auto, **fields), cpu, 1)[0] is on, fields
-    monkeypatch.setattr(trainer, "compiler_missing", lambda device: "no C++ compiler found")
-    on, why = trainer.compile_decision(replace(auto, budget_minutes=30.0), cpu, 2)
+        assert compiling.compile_decision(replace(auto, **fields), cpu, 1)[0] is on, fields
+    monkeypatch.setattr(compiling, "compiler_missing", lambda device: "no C++ compiler found")
+    on, why = compiling.compile_decision(replace(auto, budget_minutes=30.0), cpu, 2)
     assert not on and "no C++ compiler" in why
     # the trainer follows the decision, and a forced compile ignores a short run
-    monkeypatch.setattr(trainer, "compiler_missing", lambda device: None)
+    monkeypatch.setattr(compiling, "compiler_missing", lambda device: None)
     long = make_trainer(tmp_path / "a", "train.max_steps=0", "train.budget_minutes=30", "train.threads=2")
     assert long.compiled and not make_trainer(tmp_path / "b", "train.max_steps=4").compiled
 
@@ -252,7 +252,7 @@ def test_compile_cache_lives_under_the_cache_root_unless_torch_is_told(tmp_path,
     import torch._functorch.config as functorch
     import torch._inductor.config as inductor
 
-    from unite_sci.trainer import persistent_compile_cache
+    from unite_sci.compiling import persistent_compile_cache
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("UNITE_SCI_CACHE", str(tmp_path / "root"))
@@ -274,7 +274,7 @@ def test_a_compile_after_inductor_was_imported_writes_into_the_cache_root(tmp_pa
     """End to end in a fresh process: importing torch._inductor first (as any compile does) must not send the
     compiled graphs to inductor's /tmp default."""
     code = ("import torch, torch._inductor.config\n"
-            "from unite_sci.trainer import persistent_compile_cache\n"
+            "from unite_sci.compiling import persistent_compile_cache\n"
             "persistent_compile_cache()\n"
             "print(float(torch.compile(lambda x: (x * 2 + 1).sum())(torch.ones(4))))\n")
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
