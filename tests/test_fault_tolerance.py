@@ -178,6 +178,7 @@ def test_a_signal_saves_a_checkpoint_and_resume_continues_from_it(tmp_path, sig)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "unite_sci.cli", *ARGS, "--out", str(out)]
     cmd[cmd.index("--max-steps") + 1] = "100000"  # only the signal ends it
+    cmd.append("train.compile=false")  # a 100,000-step run would compile (and print so): not what this tests
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_a_step(proc, out / "metrics.jsonl")
     proc.send_signal(sig)
