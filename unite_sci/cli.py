@@ -76,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
                         "modality's own)")
     e.add_argument("overrides", nargs="*", help="data.key=value settings of the modality (default: none)")
 
+    rx = command("relax", "relax samples with the modality's physical tool (crystals: CHGNet; molecules: a force "
+                          "field) and write them in the same formats, with relax.csv per sample")
+    rx.add_argument("--samples", required=True, help="a file or folder written by `unite-sci sample`")
+    rx.add_argument("--out", required=True, help="folder for the relaxed samples, relax.csv and relax_meta.json; "
+                                                 "rerunning into it resumes")
+    rx.add_argument("--modality", help="how to read the samples (default: the one recorded by `sample`)")
+    rx.add_argument("overrides", nargs="*", help="data.key=value settings of the modality, e.g. the relaxation's "
+                                                 "force threshold (default: none)")
+
     cf = command("config", "print the resolved run config (schema defaults <- the modality's YAML <- --config "
                            "<- overrides) with every key, as `train` would use it")
     cf.add_argument("--modality", required=True, help=f"whose config, one of: {modalities}")
@@ -157,11 +166,11 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--recipe", default="", help="a line on the recipe and why (default: none)")
     sh.add_argument("overrides", nargs="*", help="benchmark key=value words passed to the scoring; sample.* words also become the shipped model's sampling defaults (default: none)")
 
-    for command in (sub.choices["list"], t, s, e, cf, b, enc, rec, pr, dg, an, sh):
+    for command in (sub.choices["list"], t, s, e, rx, cf, b, enc, rec, pr, dg, an, sh):
         command.add_argument("--adapter", action="append", default=[], metavar="PACKAGE.MODULE:CLASS",
                              help="register this adapter class (importable from sys.path or the current "
                                   "folder; nothing installed); repeatable. Also: $UNITE_SCI_ADAPTERS")
-    for command in (s, e, enc, rec):
+    for command in (s, e, rx, enc, rec):
         command.add_argument("--threads", type=int, help="use at most this many CPUs: torch threads and worker "
                                                          "processes (default: every CPU)")
     return p
@@ -275,6 +284,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.out:
         write_json(metrics, args.out)
     print(json.dumps(json_ready(metrics), indent=2, default=str))  # the same JSON as the file: NaN as null
+
+
+def cmd_relax(args: argparse.Namespace) -> None:
+    from .files import json_ready
+    from .physics import relax_path
+
+    summary = relax_path(args.samples, args.out, args.modality, list(args.overrides))
+    print(json.dumps(json_ready({k: v for k, v in summary.items() if not isinstance(v, dict)}), indent=2))
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -401,7 +418,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 COMMANDS = {"analyze": cmd_analyze,
             "diagnose": cmd_diagnose, "list": cmd_list, "train": cmd_train, "sample": cmd_sample,
             "evaluate": cmd_evaluate, "config": cmd_config, "benchmark": cmd_benchmark, "encode": cmd_encode,
-            "reconstruct": cmd_reconstruct, "probe": cmd_probe, "ship": cmd_ship}
+            "reconstruct": cmd_reconstruct, "probe": cmd_probe, "ship": cmd_ship, "relax": cmd_relax}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -161,6 +161,10 @@ def evaluate_path(modality: str, samples: str, per_sample_csv: str | None = None
     objs = adapter.load_samples(path)
     t0 = time.time()
     metrics = adapter.evaluate(objs, per_sample_csv)
+    if getattr(cfg.data, "physics", False):  # relaxation and physical checks: minutes, so opt-in
+        from .physics import physics_metrics
+
+        metrics.update(physics_metrics(adapter, objs, path, per_sample_csv))
     metrics["evaluation_wall_s"] = round(time.time() - t0, 2)
     metrics["samples_path"] = str(path)
     metrics.update(provenance())
