@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from . import collapse
 from .flow import interpolate, x_to_velocity
 from .sampling import integrate
 
@@ -163,11 +164,41 @@ def run_diagnose(checkpoint: str, out: str | None = None, num: int = 300, seed: 
             generate(model, adapter, one, len(items), progress=progress)[0])
     report.update({"num_items": len(items), "seed": seed, "ode_steps": ode_steps, "sampler": info,
                    "wall_s": round(time.time() - t0, 1), **provenance(loaded)})
+    report["warnings"] = health_warnings(report["rows"], training_rows(checkpoint))
+    for line in report["warnings"]:
+        collapse.warn(line)
     if folder is not None:
         write_json(report, folder / "report.json")
         write_text(markdown(report), folder / "report.md")
         plot(report, folder / "diagnose.png")
     return report
+
+
+def training_rows(checkpoint: str | Path) -> list[dict[str, Any]]:
+    """The logged training rows of the run that wrote ``checkpoint`` (``<run>/metrics.jsonl`` beside its
+    ``checkpoints/`` folder, or beside the file itself); empty when there is none (a shipped model)."""
+    import json
+
+    ckpt = Path(checkpoint)
+    for log in (ckpt.parent.parent / "metrics.jsonl", ckpt.parent / "metrics.jsonl"):
+        if log.is_file():
+            rows = []
+            for line in log.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:  # a line cut short by a killed run
+                    continue
+            return rows
+    return []
+
+
+def health_warnings(rows: dict[str, dict[str, float]], logged: list[dict[str, Any]]) -> list[str]:
+    """Collapse of the generated rows (``collapse.collapse_warning``) and a stalled reconstruction in the
+    training log (``collapse.reconstruction_stalled``), one line each."""
+    found = [collapse.collapse_warning(r, f"{stage} samples") for stage, r in rows.items()
+             if stage.startswith("generated")]
+    found.append(collapse.reconstruction_stalled(logged))
+    return [w for w in found if w]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -182,6 +213,7 @@ def markdown(report: dict[str, Any]) -> str:
     for stage, r in rows.items():
         mse = ", ".join(f"{k.rsplit('/', 1)[-1]} {v:.4f}" for k, v in lat.items() if k.startswith(stage + "/"))
         lines.append("| " + " | ".join([stage, *(f"{r.get(k, float('nan')):.2f}" for k in keys), mse]) + " |")
+    lines += ["", *(f"**warning**: {w}" for w in report.get("warnings", []))] if report.get("warnings") else []
     return "\n".join(lines) + "\n"
 
 
