@@ -223,6 +223,12 @@ class AdapterBase:
         fixes the atom types); identity by default."""
         return out
 
+    def inherit_rows(self, parent_data: dict[str, Any], parent_state: dict[str, Any]) -> dict[str, list[int]]:
+        """Fine-tuning (``finetune.py``): parameter name -> the parent's row behind each row of a type table here,
+        -1 for a type the parent lacks (it starts fresh), from the parent's data config and adapter state.
+        {}: every table is matched by shape alone (a fixed type table, as a periodic table by Z)."""
+        return {}
+
     def export_reconstructions(self, inputs: list[Any], recons: list[Any], out_dir: Path) -> list[Path]:
         """Files of reconstructions (``unite-sci reconstruct``): ``export(recons)``; an adapter whose export
         draws pictures overrides this so that each input is drawn beside its reconstruction."""

@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
                         "docs/) (default: the modality's own, downloaded into the cache)")
     t.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint "
                                                          "(default: start from step 0)")
+    t.add_argument("--init-from", metavar="NAME_OR_CHECKPOINT",
+                   help="fine-tune: start from a shipped model (see `unite-sci list`) or a checkpoint, with its "
+                        "architecture and weights, a fresh optimiser and the LR warm-up; the data may hold new "
+                        "elements, classes or conditions (docs/fine-tuning.md) (default: from scratch)")
     t.add_argument("overrides", nargs="*", help="key=value config overrides (default: none)")
 
     s = command("sample", "generate samples from a checkpoint")
@@ -220,6 +224,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .engine import load_config, train
     from .files import writable_dir
+    from .finetune import model_keys
 
     _check_positive("--max-steps", args.max_steps)
     _check_positive("--budget-minutes", args.budget_minutes)
@@ -232,10 +237,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         over.append(f"train.budget_minutes={args.budget_minutes}")
     if args.data_dir:
         over.append(f"data.data_dir={args.data_dir}")
+    if args.init_from:
+        over.append(f"init_from.source={args.init_from}")
     over.append(f"out={args.out or os.path.join('runs', args.modality)}")
     cfg = load_config(args.modality, args.config, over)
     writable_dir(cfg.out, "run folder")  # before the data is built or a step is taken
-    summary = train(cfg, resume=args.resume)
+    summary = train(cfg, resume=args.resume, given_model_keys=model_keys(args.config, over))
     print(json.dumps(summary, indent=2))
 
 

@@ -185,6 +185,17 @@ class SampleConfig:
 
 
 @dataclass
+class InitFromConfig:
+    """The parent of a fine-tuned run (``unite-sci train --init-from``, :mod:`unite_sci.finetune`); a run from
+    scratch leaves ``source`` empty. Only ``source`` is the user's: the rest is recorded when the run starts."""
+
+    source: str = ""                    # a shipped model's name or a checkpoint's path, as given
+    sha256: str = ""                    # of the parent's file
+    steps: int = 0                      # the parent's training steps
+    modality: str = ""                  # the parent's modality (may differ from the run's: qm9 -> molecules)
+
+
+@dataclass
 class RunConfig:
     modality: str = "toy"
     out: str = "runs/default"
@@ -194,6 +205,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    init_from: InitFromConfig = field(default_factory=InitFromConfig)
     data: Any = None                    # the adapter's own dataclass
 
     def constraints(self) -> Iterator[tuple[str, str]]:

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from importlib.resources import as_file
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 from .adapter import Adapter, available, default_config_source, get_adapter_class, unknown_modality
-from .checkpoint import load_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint
 from .config import RunConfig, build_config, from_yaml, to_yaml
 from .errors import UserError
 from .files import file_hash, writable_dir, write_json
@@ -51,10 +52,28 @@ def make_adapter(cfg: RunConfig) -> Adapter:
     return get_adapter_class(cfg.modality)(cfg.data)
 
 
-def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Train a run folder ``cfg.out``; returns a summary with the final checkpoint path."""
+def train(cfg: RunConfig, resume: bool = False, given_model_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """Train a run folder ``cfg.out``; returns a summary with the final checkpoint path.
+
+    With ``cfg.init_from.source`` (a shipped model's name or a checkpoint) the run is a fine-tuning of that
+    parent (:mod:`unite_sci.finetune`): its architecture, its weights before the first step (not when resuming
+    a run that has a checkpoint already). ``given_model_keys``: the ``model.*`` keys the user set, refused
+    where they contradict the parent (:func:`unite_sci.finetune.model_keys` finds them)."""
+    parent = None
+    if cfg.init_from.source:
+        from .finetune import child_config, load_parent
+
+        parent = load_parent(cfg.init_from.source)
+        cfg = child_config(cfg, parent, given_model_keys)
     adapter = make_adapter(cfg)
-    return Trainer(cfg, adapter, Path(cfg.out)).fit(resume=resume)
+    trainer = Trainer(cfg, adapter, Path(cfg.out))
+    if parent is not None and not (resume and list_checkpoints(Path(cfg.out) / "checkpoints")):
+        from .finetune import inherit_weights
+
+        done = inherit_weights(trainer.model, adapter, parent, trainer.ema)
+        if trainer.rank == 0:
+            print(done.line(parent), file=sys.stderr, flush=True)
+    return trainer.fit(resume=resume)
 
 
 @dataclass(frozen=True)

@@ -126,8 +126,9 @@ def summary(name: str, path: Path) -> str:
     cfg = f", CFG {s['cfg_scale']:g}" if s.get("cfg_scale") not in (None, 1.0) else ""  # 1: no guidance
     scored = (f"; {head} ({s.get('num_samples')} samples, temperature {s.get('temperature')}{cfg})" if head
               else "; not scored")
+    parent = f", fine-tuned from {c['parent'].get('source')}" if isinstance(c.get("parent"), dict) else ""
     return (f"{name}: {c.get('modality')}, preset {c.get('recipe', {}).get('preset')}, {t.get('steps')} steps, "
-            f"{t.get('cpu_hours')} CPU-h, {w.get('size_mb')} MB{scored}")
+            f"{t.get('cpu_hours')} CPU-h, {w.get('size_mb')} MB{parent}{scored}")
 
 
 # ---------------------------------------------------------------------------------------------- making
@@ -262,6 +263,8 @@ def ship(checkpoint: str | Path, name: str, out_dir: str | Path, dtype: str = "f
                              "resolved config, adapter state; no optimiser state"},
         "shipped": {"date": datetime.date.today().isoformat(), "unite_sci_version": __version__,
                     "from_checkpoint": str(checkpoint), "adapter_class": state.get("adapter_class")},
+        # a fine-tuned run names the model it started from (unite_sci.finetune); absent for a run from scratch
+        **({"parent": cfg["init_from"]} if (cfg.get("init_from") or {}).get("source") else {}),
         "headline": [],
         "scores": None,
         "floor": None,

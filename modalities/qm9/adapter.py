@@ -202,6 +202,15 @@ class QM9Adapter(AdapterBase):
         # the fixed layout needs one more class, "no atom in this slot"
         return AtomHeads(width, len(self.elements) + int(self.fixed), self.cfg.coord_scale)
 
+    def inherit_rows(self, parent_data: dict[str, Any], parent_state: dict[str, Any]) -> dict[str, list[int]]:
+        """Fine-tuning (``unite_sci.finetune``): the parent's row behind each row of the type tables, matched by
+        atomic number, -1 for an element the parent never saw; padding and "no atom" map to theirs."""
+        theirs = [int(z) for z in parent_state.get("elements") or parent_data.get("elements") or []]
+        rows = [theirs.index(z) if z in theirs else -1 for z in self.elements]
+        no_atom = [len(theirs) if parent_data.get("registers") == "fixed" else -1] if self.fixed else []
+        return {"embedder.type_embed.weight": rows + [len(theirs)], "heads.types.weight": rows + no_atom,
+                "heads.types.bias": rows + no_atom}
+
     def _targets(self, batch: Batch, k: int) -> tuple[Tensor, Tensor, Tensor]:
         """Type targets (B, K), coordinate targets (B, K, 3) and the coordinate mask (B, K)."""
         types, pos, mask = batch.data["types"], batch.data["pos"], batch.mask
