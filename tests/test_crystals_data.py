@@ -231,3 +231,68 @@ def test_read_structures_malformed(tmp_path):
     (tmp_path / "bad.txt").write_text("x")
     with pytest.raises(DataError, match="unknown crystal file type"):
         read_structures(tmp_path / "bad.txt")
+
+
+# ----------------------------------------------------------------------------- shipped copies, limits
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_a_limit_keeps_the_first_crystals_of_the_whole_split(tmp_path, split):
+    """limit=k parses only what it needs, yet gives the whole split's first k crystals (skips included:
+    the fixture's train file has rows without a CIF); with the file cached, the cache serves it."""
+    kw = dict(offline_root=HERE / "offline", progress=False, holdout_fraction=0.25, seed=3)
+    whole = load_split("mp20", split, cache_dir="", **kw)
+    for k in (1, 2, len(whole), len(whole) + 5):
+        for cache in ("", tmp_path):
+            part = load_split("mp20", split, cache_dir=cache, limit=k, **kw)
+            assert part.ids == whole.ids[:k], (k, cache)
+            for a, b in zip(part.frac, whole.frac):
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(part.lengths, whole.lengths[:k])
+        load_split("mp20", split, cache_dir=tmp_path, **kw)  # the whole file, cached for the next k
+
+
+def test_mp20_offline_loads_from_the_shipped_copy_with_nothing_else(tmp_path, monkeypatch):
+    """A fresh install: no $UNITE_SCI_CRYSTAL_DATA, an empty HOME and cache; small limits keep it cheap."""
+    from unite_sci.engine import load_config, make_adapter
+
+    monkeypatch.delenv("UNITE_SCI_CRYSTAL_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("UNITE_SCI_CACHE", str(tmp_path / "cache"))
+    assert cdata.default_offline_root() == cdata.SHIPPED_ROOT
+    assert cdata.SHIPPED_ROOT.is_relative_to(Path(cdata.__file__).parent)  # inside the installed package
+    cfg = load_config("mp20", overrides=["data.num_train=6", "data.num_val=3", "data.num_test=3",
+                                         "data.load_workers=1"])
+    splits = make_adapter(cfg).build_splits()
+    assert {k: (v.protocol, len(v)) for k, v in splits.items()} == {
+        "train": ("MP-20 offline", 6), "val": ("MP-20 offline", 3), "test": ("MP-20 offline", 3)}
+    test_rows = cdata.read_rows(cdata.SHIPPED_ROOT / "mp_20" / "test.csv.gz")
+    assert len(test_rows) == 9046 and splits["test"].ids == [r["material_id"] for r in test_rows[:3]]
+    assert not set(splits["train"].ids) & set(splits["val"].ids)
+    for name in ("val.csv.gz", "train_partial.csv.gz"):
+        assert (cdata.SHIPPED_ROOT / "mp_20" / name).is_file()
+    assert (cdata.SHIPPED_ROOT / "PROVENANCE.md").read_text().count("CC BY 4.0") >= 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_shipped_file_is_refused_in_one_line_naming_it(tmp_path, monkeypatch, damage):
+    copy = tmp_path / "crystals" / "mp_20"
+    shutil.copytree(cdata.SHIPPED_ROOT / "mp_20", copy)
+    target = copy / "val.csv.gz"
+    data = bytearray(target.read_bytes())
+    if damage == "truncate":
+        data = data[:len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    monkeypatch.setenv("UNITE_SCI_CRYSTAL_DATA", str(tmp_path / "crystals"))
+    with pytest.raises(DataError, match=r"val\.csv\.gz: sha256 [0-9a-f]{12}\.\.\. differs from") as err:
+        load_split("mp20", "train", cache_dir="", limit=2, progress=False)
+    assert "\n" not in str(err.value)
+    assert load_split("mp20", "test", cache_dir="", limit=1, progress=False).protocol == "MP-20 offline"
+
+
+@pytest.mark.parametrize("dataset, n_val, n_test", [("perov5", 3787, 3785), ("carbon24", 2032, 2030)])
+def test_the_other_shipped_sets_match_their_checksums(dataset, n_val, n_test):
+    folder = cdata.SHIPPED_ROOT / cdata.DATASETS[dataset].folder
+    for split, n in (("val", n_val), ("test", n_test)):
+        cdata.verify_checksum(folder / f"{split}.csv.gz")
+        assert len(cdata.read_rows(folder / f"{split}.csv.gz")) == n

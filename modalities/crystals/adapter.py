@@ -66,7 +66,7 @@ class TypeDecode(Choice):
 class CrystalConfig:
     dataset: str = one_of("mp20", cdata.DATASETS)  # mp20 | perov5 | carbon24
     data_dir: Optional[str] = None      # canonical train/val/test csv folder; None: the offline protocol
-    offline_root: Optional[str] = None  # offline copies; None: $UNITE_SCI_CRYSTAL_DATA or ../shared/data/crystals
+    offline_root: Optional[str] = None  # offline copies; None: $UNITE_SCI_CRYSTAL_DATA or the shipped ones
     cache_dir: Optional[str] = None     # parsed-csv cache; None: ~/.cache/unite-sci/crystals, "": off
     holdout_fraction: float = ranged(0.1, lo=0, hi=1, open_lo=True, open_hi=True)  # offline protocol: share
                                         # of the training rows held out as val
@@ -200,12 +200,10 @@ class CrystalAdapter(AdapterBase):
     # ------------------------------------------------------------------ data
     def crystals(self, split: str) -> cdata.Crystals:
         c = self.cfg
-        data = cdata.load_split(c.dataset, split, c.data_dir, offline_root=c.offline_root,
+        return cdata.load_split(c.dataset, split, c.data_dir, offline_root=c.offline_root,
                                 holdout_fraction=c.holdout_fraction, seed=c.split_seed, max_atoms=self.max_atoms,
-                                workers=resolve_workers(c.load_workers),
-                                cache_dir=c.cache_dir, progress=False)
-        limit = {"train": c.num_train, "val": c.num_val, "test": c.num_test}[split]
-        return data.subset(np.arange(min(limit, len(data)))) if limit else data
+                                workers=resolve_workers(c.load_workers), cache_dir=c.cache_dir, progress=False,
+                                limit={"train": c.num_train, "val": c.num_val, "test": c.num_test}[split])
 
     def build_splits(self) -> dict[str, cdata.Crystals]:
         if self._splits is None:
@@ -223,6 +221,8 @@ class CrystalAdapter(AdapterBase):
         self.lattice_mean = torch.tensor(lat.mean(0), dtype=torch.float32)
         self.lattice_std = torch.tensor(np.maximum(lat.std(0), 1e-3), dtype=torch.float32)  # cubic cells: std 0
         self.count_dist = torch.from_numpy(cdata.atom_count_distribution(train, self.max_atoms))
+        if self.conditions is not None:  # saved with the statistics: sampling needs no data files
+            self.conditions.fit(train.z)
         self._stats_ready = True
 
     def _need_stats(self) -> None:
@@ -446,11 +446,14 @@ class CrystalAdapter(AdapterBase):
 
     def state_dict(self) -> dict[str, Any]:
         return {"atom_count_distribution": self.count_dist.clone(), "lattice_mean": self.lattice_mean.clone(),
-                "lattice_std": self.lattice_std.clone(), "fitted_on": self.protocol}
+                "lattice_std": self.lattice_std.clone(), "fitted_on": self.protocol,
+                **(self.conditions.state_dict() if self.conditions is not None else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "lattice_mean" in state:
             self.count_dist = state["atom_count_distribution"].to(torch.float64)
             self.lattice_mean = state["lattice_mean"].float()
             self.lattice_std = state["lattice_std"].float()
+            if self.conditions is not None:
+                self.conditions.load_state_dict(state)
             self._stats_ready = True

@@ -9,7 +9,9 @@ system (a set of elements).
 register i's position), so the denoiser knows every atom's element and generates coordinates and lattice;
 the decoded types are then set to the given ones (``apply``), as DiffCSP and FlowMM take the atom types as
 given. ``chemsys``: the set of elements present, unordered; the model chooses counts and structure.
-Conditions not given at sampling are drawn together from a training crystal.
+Conditions not given at sampling are drawn together from a training crystal. The training crystals' atomic
+numbers are kept in the adapter's state (``state_dict``: one byte per atom, about 0.1 MB for MP-20), so a
+checkpoint samples with no data files at hand.
 """
 from __future__ import annotations
 
@@ -76,6 +78,25 @@ class CrystalConditions:
         if bad:
             raise UserError(f"unknown crystal condition(s) {bad}; valid: {', '.join(NAMES)}")
         self.names, self.max_atoms = list(names), max_atoms
+        self.pool: list[np.ndarray] | None = None  # training crystals' atomic numbers, each (n,)
+
+    def fit(self, train_z: list[np.ndarray]) -> None:
+        """Keep the training crystals' atomic numbers (each (n,), 1..100): the pool unconditioned draws use."""
+        self.pool = [np.asarray(z, dtype=np.int64) for z in train_z]
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The pool as flat uint8 atomic numbers (sum n,) and atoms per crystal (M,); empty before ``fit``."""
+        if self.pool is None:
+            return {}
+        return {"condition_pool_z": torch.from_numpy(np.concatenate(self.pool).astype(np.uint8)),
+                "condition_pool_sizes": torch.tensor([len(z) for z in self.pool], dtype=torch.long)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`; a checkpoint without a pool (older ones) leaves it to the data."""
+        if "condition_pool_z" in state:
+            flat = state["condition_pool_z"].long().numpy()
+            ends = np.cumsum(state["condition_pool_sizes"].numpy())
+            self.pool = [flat[e - n:e] for e, n in zip(ends, state["condition_pool_sizes"].numpy())]
 
     def specs(self) -> list[ConditionSpec]:
         return [ConditionSpec(n, "tokens", aligned=(n == "composition")) for n in self.names]
@@ -93,7 +114,7 @@ class CrystalConditions:
     def draw(self, num: int, gen: torch.Generator, given: dict[str, Any], train_z: Callable[[], list[np.ndarray]]
              ) -> tuple[dict[str, Tensor], Tensor]:
         """Conditions for ``num`` samples: given ones repeated, the rest from random training crystals
-        (``train_z()``: their atomic numbers, loaded only when needed)."""
+        (the fitted pool; else ``train_z()``, their atomic numbers loaded from the data, only when needed)."""
         unknown = sorted(set(given) - set(self.names))
         if unknown:
             raise UserError(f"unknown condition(s) {unknown}: this checkpoint takes {', '.join(self.names)}")
@@ -106,7 +127,7 @@ class CrystalConditions:
                                 f"1 to {self.max_atoms} per cell")
             atoms = [np.asarray(z) - 1] * num
         else:
-            pool = train_z()
+            pool = self.pool if self.pool is not None else train_z()
             atoms = [np.asarray(pool[i]) - 1 for i in torch.randint(len(pool), (num,), generator=gen).tolist()]
         types, sizes = pad_types(atoms)
         mask = types >= 0

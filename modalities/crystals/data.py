@@ -13,6 +13,11 @@ Protocols (dataset facts, stated here once):
   (``holdout_fraction``, ``seed``) that becomes the validation split; test = the full test split.
   Protocol "MP-20 offline". Perov-5 / Carbon-24 have no train file here: train = val minus the slice.
 
+Offline copies ship with the package (``offline/``, about 8.4 MB: mp_20, perov_5, carbon_24, with their
+provenance and licence in ``offline/PROVENANCE.md``); ``$UNITE_SCI_CRYSTAL_DATA`` or ``offline_root`` point
+elsewhere. A folder holding a ``SHA256SUMS`` file (the shipped ones do) has every listed file checked before
+it is read.
+
 Parsed files are cached as flat npz arrays (no pickles), keyed by file size and mtime.
 """
 from __future__ import annotations
@@ -32,8 +37,8 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import numpy as np
 
 from unite_sci.errors import ConfigError, DataError
-from unite_sci.files import atomic_write, cache_root
-from unite_sci.parallel import parallel_map
+from unite_sci.files import announce_build, atomic_write, cache_root, file_hash
+from unite_sci.parallel import parallel_map, resolve_workers
 
 from ..atoms import MAX_Z
 
@@ -43,6 +48,9 @@ if TYPE_CHECKING:  # torch is imported lazily: parsing workers must not pay for 
 
 CACHE_VERSION = 1  # bump when parsing changes, so stale caches are ignored
 PARSE_TIME_LIMIT_S = 60.0  # per CIF
+PARSE_S_PER_CIF = 0.015  # one CIF parsed and Niggli-reduced on one core (14 ms measured), for the first-use note
+SHIPPED_ROOT = Path(__file__).resolve().parent / "offline"  # package data: the offline copies
+CHECKSUMS = "SHA256SUMS"  # `sha256sum` format, beside the files it lists
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,7 @@ class _ParsedFile:
     skip_rows: np.ndarray      # (S,) row indices skipped
     skip_reasons: np.ndarray   # (S,) unicode reason per skipped row
     n_rows: int
+    complete: bool = True      # every row parsed (False: only the rows a ``limit`` needed, never cached)
 
     def items(self, positions: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         ends = np.cumsum(self.num_atoms)
@@ -225,7 +234,7 @@ def _load_cache(target: Path) -> _ParsedFile | None:
     try:
         with np.load(target, allow_pickle=False) as f:
             d = {k: f[k] for k in f.files}
-        d["n_rows"] = int(d["n_rows"])
+        d["n_rows"], d["complete"] = int(d["n_rows"]), bool(d.get("complete", True))
         return _ParsedFile(**d)
     except Exception:  # noqa: BLE001 - a corrupt or old cache is rebuilt
         return None
@@ -239,27 +248,46 @@ def default_cache_dir() -> Path:
 def parse_file(path: str | Path, max_atoms: int, min_distance: float = 0.5, workers: int = 1,
                cache_dir: str | Path | None = None, progress: bool = True) -> _ParsedFile:
     """Parse every row of one csv (cached). ``cache_dir=""`` disables the cache."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    settings = {"max_atoms": max_atoms, "min_distance": min_distance, "max_z": MAX_Z}
-    cache = None if cache_dir == "" else _cache_path(path, settings, Path(cache_dir or default_cache_dir()))
+    path, settings = Path(path), (max_atoms, min_distance, workers, progress)
+    cache = _cache_for(path, max_atoms, min_distance, cache_dir)
     if cache is not None and cache.is_file() and (hit := _load_cache(cache)) is not None:
         return hit
     rows = read_rows(path)
-    tasks = [(r.get("cif") or "", max_atoms, min_distance, MAX_Z) for r in rows]
+    parsed = _parse_rows(path, rows, np.arange(len(rows)), *settings)
+    if cache is not None:
+        _save_atomic(parsed, cache)
+    return parsed
+
+
+def _cache_for(path: Path, max_atoms: int, min_distance: float, cache_dir: str | Path | None) -> Path | None:
+    """The cache file of ``path`` (None: caching off), after the file's existence and checksum are checked."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    verify_checksum(path)
+    settings = {"max_atoms": max_atoms, "min_distance": min_distance, "max_z": MAX_Z}
+    return None if cache_dir == "" else _cache_path(path, settings, Path(cache_dir or default_cache_dir()))
+
+
+def _parse_rows(path: Path, rows: list[dict[str, str]], index: np.ndarray, max_atoms: int, min_distance: float,
+                workers: int, progress: bool) -> _ParsedFile:
+    """Parse the rows ``index`` (ascending) of a file read as ``rows``; the others are neither kept nor skipped."""
+    tasks = [(rows[i].get("cif") or "", max_atoms, min_distance, MAX_Z) for i in index]
+    n_cif, procs = sum(1 for t in tasks if t[0].strip()), resolve_workers(workers)
+    if n_cif * PARSE_S_PER_CIF / procs >= 5:  # minutes of silence on a first use otherwise
+        announce_build(f"the parsed crystals of {path.name} ({n_cif} CIFs on {procs} processes)",
+                       "this data set's first use", n_cif * PARSE_S_PER_CIF / procs)
     # A per-row limit: one pathological CIF must not stall the load (it becomes a counted skip).
-    outs = parallel_map(_parse_task, tasks, workers=workers, time_limit_s=PARSE_TIME_LIMIT_S,
+    outs = parallel_map(_parse_task, tasks, workers=procs, time_limit_s=PARSE_TIME_LIMIT_S,
                         desc=f"parse {path.name}", progress=progress)
-    keep, skip_rows, reasons = [], [], []
-    for i, o in enumerate(outs):
+    keep, skip_rows, reasons, vals = [], [], [], []
+    for i, o in zip(index.tolist(), outs):
         if isinstance(o.value, tuple):
             keep.append(i)
+            vals.append(o.value)
         else:
             skip_rows.append(i)
             reasons.append(o.value if isinstance(o.value, str) else f"error:{o.error}")
-    vals = [outs[i].value for i in keep]
-    parsed = _ParsedFile(
+    return _ParsedFile(
         num_atoms=np.array([len(v[0]) for v in vals], dtype=np.int64),
         z=np.concatenate([v[0] for v in vals]) if vals else np.zeros(0, np.int64),
         frac=np.concatenate([v[1] for v in vals]) if vals else np.zeros((0, 3)),
@@ -267,12 +295,13 @@ def parse_file(path: str | Path, max_atoms: int, min_distance: float = 0.5, work
         angles=np.array([v[3] for v in vals]).reshape(-1, 3),
         ids=np.array([rows[i].get("material_id") or f"row{i}" for i in keep], dtype=str),
         rows=np.array(keep, dtype=np.int64),
-        cif_rows=np.array([i for i, r in enumerate(rows) if (r.get("cif") or "").strip()], dtype=np.int64),
+        cif_rows=_cif_rows(rows),
         skip_rows=np.array(skip_rows, dtype=np.int64), skip_reasons=np.array(reasons, dtype=str),
         n_rows=len(rows))
-    if cache is not None:
-        _save_atomic(parsed, cache)
-    return parsed
+
+
+def _cif_rows(rows: list[dict[str, str]]) -> np.ndarray:
+    return np.array([i for i, r in enumerate(rows) if (r.get("cif") or "").strip()], dtype=np.int64)
 
 
 def _check_skips(path: Path, parsed: _ParsedFile, partial: bool, max_skip_fraction: float) -> None:
@@ -285,11 +314,35 @@ def _check_skips(path: Path, parsed: _ParsedFile, partial: bool, max_skip_fracti
                         f"{int(parsed.skip_rows[0]) + 2 if len(parsed.skip_rows) else '-'} (line number)")
 
 
+_verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256 already checked here
+
+
+def verify_checksum(path: Path) -> None:
+    """DataError naming ``path`` when the ``SHA256SUMS`` beside it lists another hash (no list: no check).
+
+    Guards the shipped copies against truncation or a Git LFS pointer in place of the data; checked once
+    per process and file version (about 10 ms per MB).
+    """
+    sums = path.parent / CHECKSUMS
+    if not sums.is_file():
+        return
+    want = {line.split()[-1].lstrip("*"): line.split()[0] for line in sums.read_text().splitlines() if line.strip()}
+    if path.name not in want:
+        return
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _verified:
+        _verified[key] = file_hash(path)
+    if _verified[key] != want[path.name]:
+        raise DataError(f"{path}: sha256 {_verified[key][:12]}... differs from {want[path.name][:12]}... in {sums} "
+                        "(a damaged or partial copy: reinstall unite-sci or copy the file again)")
+
+
 # ----------------------------------------------------------------------------- protocols
 def default_offline_root() -> Path:
-    """Where the offline copies live: $UNITE_SCI_CRYSTAL_DATA, else ../shared/data/crystals beside the repo."""
+    """Where the offline copies live: $UNITE_SCI_CRYSTAL_DATA, else the copies shipped in the package."""
     env = os.environ.get("UNITE_SCI_CRYSTAL_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data" / "crystals"
+    return Path(env) if env else SHIPPED_ROOT
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -302,12 +355,16 @@ def _find(folder: Path, stem: str) -> Path | None:
 def load_split(dataset: str = "mp20", split: str = "train", data_dir: str | Path | None = None, *,
                offline_root: str | Path | None = None, holdout_fraction: float = 0.1, seed: int = 0,
                max_atoms: int | None = None, min_distance: float = 0.5, max_skip_fraction: float = 0.05,
-               workers: int = 1, cache_dir: str | Path | None = None, progress: bool = True) -> Crystals:
+               workers: int = 1, cache_dir: str | Path | None = None, progress: bool = True,
+               limit: int = 0) -> Crystals:
     """Load one split of a crystal data set.
 
     data_dir: folder with the canonical ``train/val/test.csv(.gz)`` -> canonical protocol; None -> the
     offline protocol from ``offline_root`` (module docstring). max_atoms: None = the data set's limit.
     min_distance: Angstrom; rows with two atoms closer are skipped. workers: parsing processes.
+    limit: > 0 keeps the split's first ``limit`` crystals, the same ones as the whole split's first; a file
+    not yet cached is then parsed only as far as needed (a quick run or a test needs seconds, not minutes),
+    and ``skipped`` counts only the rows parsed.
     """
     if dataset not in DATASETS:
         raise ConfigError(f"unknown crystal dataset {dataset!r}; available: {', '.join(DATASETS)}")
@@ -316,46 +373,55 @@ def load_split(dataset: str = "mp20", split: str = "train", data_dir: str | Path
     if not 0.0 < holdout_fraction < 1.0:
         raise ConfigError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
     info = DATASETS[dataset]
-    opts = dict(max_atoms=max_atoms or info.max_atoms, min_distance=min_distance, workers=workers,
-                cache_dir=cache_dir, progress=progress)
+    max_atoms = max_atoms or info.max_atoms
 
     if data_dir is not None:  # canonical protocol, files as distributed
         path = _find(Path(data_dir), split)
         if path is None:
             raise DataError(f"{Path(data_dir) / (split + '.csv')}: file not found (canonical {info.name} split)")
-        parsed = parse_file(path, **opts)
-        _check_skips(path, parsed, False, max_skip_fraction)
-        return _assemble(info.name, [(parsed, np.arange(len(parsed.rows)))], [(parsed, None, False)])
+        protocol, sources = info.name, [(path, False)]
+    else:
+        root = Path(offline_root) if offline_root else default_offline_root()
+        if (root / info.folder).is_dir():  # the crystals root, or the data set's own folder
+            root = root / info.folder
+        protocol = f"{info.name} offline"
+        stems = [("test", False)] if split == "test" else [("val", False), (info.partial_train, True)]
+        sources = [(_find(root, stem), partial) for stem, partial in stems if stem]
+        if sources[0][0] is None:
+            raise DataError(f"{root / (stems[0][0] + '.csv')}: file not found (set data_dir or "
+                            "$UNITE_SCI_CRYSTAL_DATA)")
+        sources = [(path, partial) for path, partial in sources if path is not None]
 
-    root = Path(offline_root) if offline_root else default_offline_root()
-    if (root / info.folder).is_dir():  # the crystals root, or the data set's own folder
-        root = root / info.folder
-    protocol = f"{info.name} offline"
-    if split == "test":
-        path = _find(root, "test")
-        if path is None:
-            raise DataError(f"{root / 'test.csv'}: file not found (set data_dir or $UNITE_SCI_CRYSTAL_DATA)")
-        parsed = parse_file(path, **opts)
-        _check_skips(path, parsed, False, max_skip_fraction)
-        return _assemble(protocol, [(parsed, np.arange(len(parsed.rows)))], [(parsed, None, False)])
-
-    sources: list[tuple[_ParsedFile, bool]] = []
-    for stem, partial in (("val", False), (info.partial_train, True)):
-        path = _find(root, stem) if stem else None
-        if path is None and stem == "val":
-            raise DataError(f"{root / 'val.csv'}: file not found (set data_dir or $UNITE_SCI_CRYSTAL_DATA)")
-        if path is not None:
-            parsed = parse_file(path, **opts)
-            _check_skips(path, parsed, partial, max_skip_fraction)
-            sources.append((parsed, partial))
+    # Each file: its cached parse if there is one, else (a limit asked) only its rows, parsed further down.
+    files: list[_ParsedFile | list[dict[str, str]]] = []
+    for path, _ in sources:
+        cache = _cache_for(path, max_atoms, min_distance, cache_dir)
+        hit = _load_cache(cache) if cache is not None and cache.is_file() else None
+        if hit is None and not limit:
+            hit = parse_file(path, max_atoms, min_distance, workers, cache_dir, progress)
+        files.append(hit if hit is not None else read_rows(path))
+    cif_rows = [f.cif_rows if isinstance(f, _ParsedFile) else _cif_rows(f) for f in files]
     # Held-out slice drawn over rows that have a CIF (parse results do not move it): stable membership.
-    n_cand = sum(len(p.cif_rows) for p, _ in sources)
-    hold = np.zeros(n_cand, dtype=bool)
-    hold[np.random.default_rng(seed).permutation(n_cand)[:int(round(holdout_fraction * n_cand))]] = True
-    want = hold if split == "val" else ~hold
-    picks, skips, offset = [], [], 0
-    for parsed, partial in sources:
+    n_cand = sum(len(c) for c in cif_rows)
+    held = data_dir is None and split != "test"
+    want = np.ones(n_cand, dtype=bool)
+    if held:
+        hold = np.zeros(n_cand, dtype=bool)
+        hold[np.random.default_rng(seed).permutation(n_cand)[:int(round(holdout_fraction * n_cand))]] = True
+        want = hold if split == "val" else ~hold
+    offsets = np.cumsum([0] + [len(c) for c in cif_rows])
+    if any(isinstance(f, list) for f in files):
+        files = _parse_first(sources, files, [c[want[o:o + len(c)]] for c, o in zip(cif_rows, offsets)], limit,
+                             max_atoms, min_distance, workers, progress)
+    picks, skips = [], []
+    for (path, partial), parsed, offset in zip(sources, files, offsets):
+        if parsed.complete:
+            _check_skips(path, parsed, partial, max_skip_fraction)
         cand = want[offset + np.searchsorted(parsed.cif_rows, parsed.rows)]
+        if not held:
+            picks.append((parsed, np.flatnonzero(cand)))
+            skips.append((parsed, None, partial))
+            continue
         skip_has_cif = np.isin(parsed.skip_rows, parsed.cif_rows)
         skip_sel = np.zeros(len(parsed.skip_rows), dtype=bool)
         skip_sel[skip_has_cif] = want[offset + np.searchsorted(parsed.cif_rows, parsed.skip_rows[skip_has_cif])]
@@ -363,8 +429,35 @@ def load_split(dataset: str = "mp20", split: str = "train", data_dir: str | Path
             skip_sel |= ~skip_has_cif
         picks.append((parsed, np.flatnonzero(cand)))
         skips.append((parsed, skip_sel, partial))
-        offset += len(parsed.cif_rows)
-    return _assemble(protocol, picks, skips)
+    out = _assemble(protocol, picks, skips)
+    return out.subset(np.arange(min(limit, len(out)))) if limit else out
+
+
+def _parse_first(sources: list[tuple[Path, bool]], files: list, wanted: list[np.ndarray], limit: int,
+                 max_atoms: int, min_distance: float, workers: int, progress: bool) -> list[_ParsedFile]:
+    """Parse the wanted rows of files not yet parsed, in order, until ``limit`` crystals are kept overall."""
+    out, kept = [], 0
+    for (path, _), f, rows_wanted in zip(sources, files, wanted):
+        if isinstance(f, _ParsedFile):
+            out.append(f)
+            kept += int(np.isin(f.rows, rows_wanted).sum())
+            continue
+        done, nothing = 0, np.zeros(0, dtype=np.int64)
+        parts = [_parse_rows(path, f, nothing, max_atoms, min_distance, workers, progress)]  # empty arrays
+        while kept < limit and done < len(rows_wanted):
+            take = rows_wanted[done:done + (limit - kept) + 2]  # 2 spare: a skipped row rarely costs a round
+            parts.append(_parse_rows(path, f, take, max_atoms, min_distance, workers, progress))
+            kept += len(parts[-1].rows)
+            done += len(take)
+        out.append(_merge(parts))
+    return out
+
+
+def _merge(parts: list[_ParsedFile]) -> _ParsedFile:
+    """One _ParsedFile of a file parsed in consecutive pieces of rows; ``complete`` False."""
+    keys = ("num_atoms", "z", "frac", "lengths", "angles", "ids", "rows", "skip_rows", "skip_reasons")
+    return _ParsedFile(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in keys},
+                       cif_rows=parts[0].cif_rows, n_rows=parts[0].n_rows, complete=False)
 
 
 def _assemble(protocol: str, picks: list[tuple[_ParsedFile, np.ndarray]],
