@@ -3,6 +3,7 @@ the parent's architecture and weights, new element rows, a new condition that le
 parent at step 0, the one-line conflict error and the parent's record in config, checkpoint and card."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -135,3 +136,22 @@ def test_the_element_table_is_matched_by_atomic_number_not_by_position():
     fixed = QM9Adapter(QM9Config(elements=[1, 6], registers="fixed"))
     assert fixed.inherit_rows({"elements": [6, 1], "registers": "fixed"}, {})["heads.types.bias"] == [1, 0, 2]
     assert fixed.inherit_rows({}, {"elements": [6]})["heads.types.bias"] == [-1, 0, -1]  # the state's table wins
+
+
+def test_evaluate_reads_the_requested_chemical_system_and_reports_the_share_in_it(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from unite_sci.engine import requested_condition
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "samples_meta.json").write_text(json.dumps({"condition": {"chemsys": "Li-Fe-O"}}))
+    assert requested_condition(tmp_path / "s") == requested_condition(tmp_path / "s" / "samples.npz") == {
+        "chemsys": "Li-Fe-O"}
+    assert requested_condition(tmp_path) == {}
+    adapter = make_adapter(load_config("mp20"))
+    li, fe, o, mn = 3, 26, 8, 25
+    samples = [SimpleNamespace(z=np.array(z)) for z in ([li, fe, o, o], [fe, o], [li, mn, o], [li, li, fe, o])]
+    assert adapter.condition_metrics(samples, {"chemsys": "Li-Fe-O"}) == {"chemsys/inside_pct": 75.0,
+                                                                         "chemsys/exact_pct": 50.0}
+    assert adapter.condition_metrics(samples, {"composition": "LiFeO2"}) == {}

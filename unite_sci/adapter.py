@@ -229,6 +229,11 @@ class AdapterBase:
         {}: every table is matched by shape alone (a fixed type table, as a periodic table by Z)."""
         return {}
 
+    def condition_metrics(self, samples: list[Any], condition: dict[str, Any]) -> dict[str, float]:
+        """How far samples drawn under ``condition`` (the user's ``--condition`` words, as ``sample`` recorded
+        them in samples_meta.json) meet it; ``evaluate`` adds these beside the other metrics. {}: nothing to check."""
+        return {}
+
     def export_reconstructions(self, inputs: list[Any], recons: list[Any], out_dir: Path) -> list[Path]:
         """Files of reconstructions (``unite-sci reconstruct``): ``export(recons)``; an adapter whose export
         draws pictures overrides this so that each input is drawn beside its reconstruction."""

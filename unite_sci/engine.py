@@ -184,10 +184,27 @@ def evaluate_path(modality: str, samples: str, per_sample_csv: str | None = None
         from .physics import physics_metrics
 
         metrics.update(physics_metrics(adapter, objs, path, per_sample_csv))
+    asked = requested_condition(path)
+    if asked:  # what the samples were asked to be, and how far they are it
+        metrics.update(adapter.condition_metrics(objs, asked) if hasattr(adapter, "condition_metrics") else {})
+        metrics["condition"] = asked
     metrics["evaluation_wall_s"] = round(time.time() - t0, 2)
     metrics["samples_path"] = str(path)
     metrics.update(provenance())
     return metrics
+
+
+def requested_condition(samples: Path) -> dict[str, Any]:
+    """The ``--condition`` words ``sample`` recorded in samples_meta.json beside ``samples`` (a folder or a file
+    in it); {} when there are none or no such file."""
+    import json
+
+    meta = (samples if samples.is_dir() else samples.parent) / "samples_meta.json"
+    try:
+        condition = json.loads(meta.read_text()).get("condition") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return condition if isinstance(condition, dict) else {}
 
 
 def class_condition(adapter: Adapter, num: int, condition: dict[str, Any] | int | None) -> torch.Tensor | None:

@@ -290,6 +290,19 @@ class CrystalAdapter(AdapterBase):
     def apply_conditions(self, out: dict[str, Tensor], conds: dict[str, Tensor], mask: Tensor | None):
         return CrystalConditions.apply(out, conds)
 
+    def condition_metrics(self, samples: list, condition: dict[str, Any]) -> dict[str, float]:
+        """What ``evaluate`` adds for samples drawn under ``--condition chemsys=Li-Fe-O``: the share of samples
+        inside the requested chemical system (their elements a subset of it) and exactly in it, % of all."""
+        from .conditioning import parse_elements
+
+        if "chemsys" not in condition:
+            return {}
+        want = set(parse_elements(condition["chemsys"], "chemsys"))
+        got = [set(np.unique(np.asarray(s.z)).tolist()) for s in samples]
+        n = max(1, len(got))
+        return {"chemsys/inside_pct": round(100 * sum(g <= want for g in got) / n, 2),
+                "chemsys/exact_pct": round(100 * sum(g == want for g in got) / n, 2)}
+
     # ------------------------------------------------------------------ generation
     def sample_sizes(self, num: int, generator: torch.Generator) -> Tensor:
         self._need_stats()
