@@ -3,12 +3,17 @@ when it is unset) and where the compiled graphs are kept between runs."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 
 from .config import TrainConfig
 from .files import cache_root
+from .stopping import StopSignals
+
+T = TypeVar("T")
 
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # torch's own variable: a folder set there is used as it is
 
@@ -80,3 +85,79 @@ def compile_decision(t: TrainConfig, device: torch.device, threads: int) -> tupl
     if missing:
         return False, f"auto: {missing}"
     return True, f"auto: {size} repays the first compile; train.compile=false turns it off"
+
+
+# ----------------------------------------------------------------------------- a broken cache
+_ELF = b"\x7fELF"
+
+
+def _truncated_elf(path: Path) -> bool:
+    """Whether a compiled object (``.so`` / ``.o``) is cut short: empty, not ELF, or shorter than its header
+    says (the section header table comes last, so a killed compiler or linker leaves it missing)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return True
+    if len(head) < 64 or head[:4] != _ELF:
+        return True
+    little, wide = head[5] == 1, head[4] == 2  # EI_DATA (1: little-endian), EI_CLASS (2: 64-bit)
+    order = "little" if little else "big"
+    if wide:
+        shoff, shentsize, shnum = (int.from_bytes(head[40:48], order), int.from_bytes(head[58:60], order),
+                                   int.from_bytes(head[60:62], order))
+    else:
+        shoff, shentsize, shnum = (int.from_bytes(head[32:36], order), int.from_bytes(head[46:48], order),
+                                   int.from_bytes(head[48:50], order))
+    return size < shoff + shentsize * shnum
+
+
+def repair_compile_cache(folder: Path) -> list[Path]:
+    """Remove compiled objects that a killed compile left truncated in ``folder`` (a zero-byte ``main.so``
+    made the next run fail with ``ImportError: ... file too short``: inductor reuses any object file that
+    exists). Inductor rebuilds what is missing. Returns the removed files."""
+    from filelock import FileLock, Timeout  # the lock package inductor itself uses
+
+    removed = []
+    if folder.is_dir():
+        for path in folder.rglob("*"):
+            if path.suffix not in (".so", ".o") or not path.is_file() or not _truncated_elf(path):
+                continue
+            # inductor builds <key>[.main].so under locks/<key>.lock: a held lock is another run (or rank)
+            # writing that object right now, not a leftover
+            try:
+                (folder / "locks").mkdir(exist_ok=True)
+                with FileLock(str(folder / "locks" / f"{path.name.split('.')[0]}.lock"), timeout=0):
+                    if path.is_file() and _truncated_elf(path):
+                        path.unlink()
+                        removed.append(path)
+            except (Timeout, OSError):
+                continue
+    return removed
+
+
+def compile_failure(e: BaseException) -> str:
+    """One line for a compile that failed: the error's last line, without inductor's hints."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    text = next((ln for ln in lines if "Error" in ln), lines[0] if lines else "")
+    return f"{type(e).__name__}: {text}"[:300]
+
+
+def first_compiled_call(call: Callable[[], T], stop: StopSignals, kept: str, eager: Callable[[str], None]) -> T:
+    """Run ``call``, the step that compiles (minutes on a CPU), so that a signal stops it at once (``kept``:
+    what the stop keeps, for its message) and a failed compile (a broken cache entry this run could not
+    repair, a compiler that crashes) calls ``eager(reason)``, which must undo the compile wrapper, then runs
+    ``call`` again eagerly: one line, never a traceback. An error that eager training raises too still
+    surfaces, from the second call. ``call`` must be safe to repeat (a training step reseeds from its step
+    number and changes nothing before its gradients exist)."""
+    try:
+        with warnings.catch_warnings(), stop.at_once("compiling the training step (torch.compile, first step)", kept):
+            # aot autograd traces the backward under anomaly mode, which prints the forward's traceback
+            # ("Error detected in AddmmBackward0 ...") for any exception inside it: a stop there included
+            warnings.filterwarnings("ignore", message="Error detected in", category=UserWarning,
+                                    module=r"torch\.autograd")
+            return call()
+    except Exception as e:  # Interrupted is a KeyboardInterrupt: it passes
+        eager(compile_failure(e))
+    return call()

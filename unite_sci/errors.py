@@ -18,9 +18,13 @@ class ConfigError(UserError):
     """A configuration key that is unknown, mistyped or out of range: names the key."""
 
 
-class Interrupted(Exception):
-    """A run stopped by SIGINT / SIGTERM. The CLI prints the message (where the run was saved) on
-    stderr and exits with ``exit_code``: 128 + the signal number, as a shell reports a killed process."""
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT / SIGTERM. The CLI prints the message (what was interrupted, what was kept)
+    on stderr and exits with ``exit_code``: 128 + the signal number, as a shell reports a killed process.
+
+    A :class:`KeyboardInterrupt`, not an ``Exception``: raised from a signal handler it may land inside
+    third-party code (torch.compile, a worker pool) whose ``except Exception`` would otherwise wrap it or
+    carry on without it."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)

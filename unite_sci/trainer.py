@@ -42,14 +42,14 @@ from torch.utils.data import DataLoader, Sampler
 
 from .adapter import Adapter, Batch, class_path, has_quick_metrics
 from .checkpoint import latest_complete, save_checkpoint
-from .compiling import compile_decision, persistent_compile_cache
+from .compiling import compile_decision, first_compiled_call, persistent_compile_cache, repair_compile_cache
 from .config import RunConfig, to_yaml
 from .errors import Interrupted, UserError
 from .generation import generate
 from .optim import EMA, FiniteGuard, build_optimizers, lr_at
 from .plots import plot_losses
 from .runlog import RunLog
-from .stopping import StopSignals, signal_name
+from .stopping import StopSignals, signal_name, stop_at_once
 from .unite import Phase, Unite
 
 
@@ -169,7 +169,9 @@ class Trainer:
         self.rank, self.world = init_distributed(self.device)
         torch.manual_seed(t.seed)
         t0 = time.time()
-        self.splits = adapter.build_splits()
+        with stop_at_once("preparing the data", "nothing was trained; caches already written are complete "
+                          "and reused by the next run"):
+            self.splits = adapter.build_splits()
         self.data_prep_s = round(time.time() - t0, 2)  # data set parsing and caches: never counted in elapsed
         self.model = Unite(adapter, cfg).to(self.device)
         self.model.shard = (self.rank, self.world)
@@ -218,6 +220,7 @@ class Trainer:
             persistent_compile_cache()  # compiled graphs and kernels from earlier runs are reused
             # dynamic shapes: size buckets change the padded element count from batch to batch
             self.ddp = torch.compile(self.ddp, dynamic=True)
+        self.compile_pending = self.compiled  # the next step compiles: see _step
 
     def _loader(self) -> DataLoader:
         t = self.cfg.train
@@ -415,6 +418,9 @@ class Trainer:
             where = f"; graphs cached in {persistent_compile_cache()}" if self.compiled else ""
             print(f"compile: {'on' if self.compiled else 'off'} ({self.compile_why}){where}", file=sys.stderr,
                   flush=True)
+            for path in repair_compile_cache(persistent_compile_cache()) if self.compiled else ():
+                print(f"compile: removed a truncated cache entry (a killed compile's): '{path}'; it is rebuilt",
+                      file=sys.stderr, flush=True)
         # A budget run counts seconds (total and ETA known); a step-limited run counts steps.
         timed = bool(t.budget_minutes) and not t.max_steps
         bar = tqdm(total=round(60 * t.budget_minutes) if timed else (t.max_steps or None),
@@ -445,7 +451,7 @@ class Trainer:
                 if t.mode == "two_stage" and self.phase == Phase.TOKENIZER and self.progress() >= t.tokenizer_fraction:
                     self.enter_phase(Phase.DENOISER)
                 t0 = self.clock()  # wall time of the step, data loading included
-                logs = self.train_step(next(loader))
+                logs = self._step(next(loader), stop, last_path)
                 self.elapsed = self._agreed(self.elapsed + self.clock() - t0)
                 self.step += 1
                 window_n += t.batch_size
@@ -490,6 +496,24 @@ class Trainer:
                                  "data_prep": self.data_prep_s},
                 "skipped_steps": self.guard.check(),
                 "checkpoint": str(path), "device": str(self.device), "world_size": self.world}
+
+    def _step(self, batch: Batch, stop: StopSignals, last_path: Path | None) -> dict[str, Any]:
+        """:meth:`train_step`; the first one after a (re)compile stops at once on a signal and falls back to
+        eager training if the compile fails (:func:`~unite_sci.compiling.first_compiled_call`)."""
+        if not self.compile_pending:
+            return self.train_step(batch)
+        kept = (f"the last checkpoint is '{last_path}', continue with --resume" if last_path else
+                "no checkpoint was written yet") + "; compiled kernels finished so far stay cached"
+        logs = first_compiled_call(lambda: self.train_step(batch), stop, f"stopped at step {self.step}; {kept}",
+                                   self._eager)
+        self.compile_pending = False
+        return logs
+
+    def _eager(self, reason: str) -> None:
+        self.ddp, self.compiled, self.compile_pending = self.ddp._orig_mod, False, False
+        if self.rank == 0:
+            print(f"compile: failed ({reason}); training eager instead (train.compile=false skips the attempt)",
+                  file=sys.stderr, flush=True)
 
     def _stop_requested(self, stop: StopSignals) -> int:
         """The signal that asks this run to stop, or 0; the same on every process."""
