@@ -243,7 +243,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = load_config(args.modality, args.config, over)
     writable_dir(cfg.out, "run folder")  # before the data is built or a step is taken
     summary = train(cfg, resume=args.resume, given_model_keys=model_keys(args.config, over))
-    print(json.dumps(summary, indent=2))
+    from .trainer import dist_info
+
+    if dist_info()[0] == 0:  # under torchrun every process returns the summary: one copy, from rank 0
+        print(json.dumps(summary, indent=2))
 
 
 def cmd_config(args: argparse.Namespace) -> None:
