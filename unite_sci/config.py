@@ -38,6 +38,11 @@ class OptimName(Choice):
     muon = "muon"
 
 
+class BudgetClock(Choice):
+    wall = "wall"    # wall-clock seconds of the training steps
+    cpu = "cpu"      # CPU seconds of this process (all its threads): equal compute on a shared, loaded machine
+
+
 class Schedule(Choice):
     cosine = "cosine"
     constant = "constant"
@@ -133,6 +138,8 @@ class TrainConfig:
     batch_size: int = positive(64)
     max_steps: int = non_negative(0)    # 0: no step limit (then budget_minutes must be set)
     budget_minutes: float = non_negative(0.0)  # 0: no time limit
+    budget_clock: BudgetClock = BudgetClock.wall  # what budget_minutes counts: wall | cpu (this process's CPU
+                                        # seconds: side-by-side comparisons on a machine that others load)
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     precision: Precision = Precision.fp32  # fp32 | bf16 (autocast)

@@ -180,7 +180,8 @@ class Trainer:
                                        if cfg.optim.lr_reference_batch else 1.0)
         self.step, self.elapsed = 0, 0.0  # elapsed: seconds of training steps, what the budget counts
         self.sample_wall_s = 0.0  # seconds of in-run sampling (all of this run's, resumes included)
-        self.clock = time.perf_counter  # seconds; the budget's clock, replaceable in tests
+        # seconds; the budget's clock (train.budget_clock), replaceable in tests
+        self.clock = time.process_time if cfg.train.budget_clock == "cpu" else time.perf_counter
         self.guard = FiniteGuard(self.device, t.max_nonfinite)
         self.resumed_from: str | None = None  # the checkpoint file :meth:`resume` loaded
         self.compiled, self.compile_why = compile_decision(t, self.device, torch.get_num_threads())
