@@ -34,6 +34,7 @@ from unite_sci.schema import non_negative
 from unite_sci_benchmarks.published import IMAGES as REFERENCES
 from unite_sci_benchmarks.study import METRICS, StudyOptions, _row, run_study
 from unite_sci_modalities.images.adapter import SPLITS
+from unite_sci_modalities.images.domain import intervals_separate
 from unite_sci_modalities.images.io import save_reconstruction_grid
 
 # fd_<set> (named after the data set, see gen_columns) comes first; gfid is empty unless data.fid=true
@@ -106,14 +107,42 @@ class ImageOptions(StudyOptions):
 
 
 def scores(gen: dict[str, Any]) -> dict[str, Any]:
-    """A generation result's table columns: the count, ``fd_<set>``, :data:`GEN_METRICS` (None when absent)."""
-    fd = {k.split("/", 1)[1]: v for k, v in gen.items() if k.startswith("images/fd_")}
+    """A generation result's table columns: the count, ``fd_<set>`` with its bootstrap interval
+    ``fd_<set>_ci95`` ("lo-hi"), :data:`GEN_METRICS` (None when absent)."""
+    fd: dict[str, Any] = {}
+    for key, value in gen.items():
+        if key.startswith("images/fd_"):
+            name = key.split("/", 1)[1]
+            interval = gen.get(f"{name}_ci95")
+            fd[name] = value
+            fd[f"{name}_ci95"] = f"{interval[0]:.3g}-{interval[1]:.3g}" if interval else None
+            fd[f"_{name}_interval"] = tuple(interval) if interval else None  # for mark_best; not a column
     return {"num_samples": gen.get("num_samples"), **fd, **{m: gen.get(f"images/{m}") for m in GEN_METRICS}}
+
+
+def mark_best(rows: list[dict[str, Any]], column: str) -> dict[str, Any] | None:
+    """The row with the lowest ``column`` (an fd) when its bootstrap interval separates from every other
+    scored row's, marked ``best``; else None, and the rows whose intervals overlap the lowest one's are marked
+    ``tied``: an fd difference inside the sampling noise ranks nothing. A row without an interval is never
+    best against another row."""
+    scored = [row for row in rows if row.get(column) is not None]
+    if not scored:
+        return None
+    low = min(scored, key=lambda row: row[column])
+    key = f"_{column}_interval"
+    others = [row for row in scored if row is not low]
+    tied = [row for row in others if not intervals_separate(low.get(key), row.get(key))]
+    if tied:
+        for row in [low, *tied]:
+            row["best"] = "tied"
+        return None
+    low["best"] = "best"
+    return low
 
 
 def gen_columns(rows: list[dict[str, Any]]) -> list[str]:
     """:data:`GEN_COLUMNS` with the rows' ``fd_<set>`` column(s) after the sample count."""
-    fds = list(dict.fromkeys(k for row in rows for k in row if k.startswith("fd_")))
+    fds = list(dict.fromkeys(k for row in rows for k in row if k.startswith("fd_")))  # fd, then its interval
     return GEN_COLUMNS[:3] + fds + GEN_COLUMNS[3:]
 
 
@@ -191,10 +220,7 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
     gen_rows = [{"method": "UNITE (this run)", "cfg": w, **scores(r["generation"]),
                  "samples_per_s": r["sampling"]["samples_per_s"], "best": ""} for w, r in results.items()]
     decide = next((c for c in gen_columns(gen_rows) if c.startswith("fd_")), "gfid")  # the domain FD; else gFID
-    scored = [row for row in gen_rows if row.get(decide) is not None]
-    best = min(scored, key=lambda row: row[decide]) if scored else None
-    if best is not None:
-        best["best"] = "best"
+    best = mark_best(gen_rows, decide) if decide.startswith("fd_") else None
     # the checkpoint's own data settings (with any data.* override), as the samples were scored with
     loaded = load_model(checkpoint, overrides=[o for o in post if o.startswith("data.")])
     model, adapter = loaded.model, loaded.adapter
@@ -226,7 +252,10 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
         solver=sampling["solver"], steps=sampling["steps"], interval=sampling["cfg_interval"],
         budget=f"{steps} steps in {wall} s" if steps is not None else "an unknown budget")
     machine = first.get("machine", {})
-    best_text = f"; best {decide} at CFG {best['cfg']:g}" if best else ""
+    best_text = (f"; best {decide} at CFG {best['cfg']:g} (95 % intervals separate)" if best else
+                 f"; no CFG scale ranked: {decide} has no interval" if not decide.startswith("fd_") and len(scales) > 1
+                 else f"; no CFG scale's {decide} is best: the 95 % bootstrap intervals overlap" if len(scales) > 1
+                 else "")
     settings = (f"- Checkpoint {checkpoint} (sha256 {first.get('checkpoint_sha256')}), EMA weights: {first.get('ema')}\n"
                 f"- Training: {steps} steps, {wall} s wall, {speed} training images/s (batch {_batch(first)}), "
                 f"{machine.get('processor')}, {machine.get('torch_threads')} torch thread(s)\n"

@@ -193,6 +193,7 @@ class ImageAdapter(AdapterBase):
         self._inception: nn.Module | None = None
         self._classifier: Any = None  # classifier.Classifier and its training features, built on first use
         self._reference: np.ndarray | None = None
+        self._real: np.ndarray | None = None  # test images behind the collapse check (quick_metrics)
 
     # ------------------------------------------------------------------ data
     def _sources(self) -> dict[str, idata.ImageSource]:
@@ -350,12 +351,19 @@ class ImageAdapter(AdapterBase):
         its features of the whole train split (N, F)."""
         from . import classifier as clf
 
+        from . import feature_net
+
         if self._classifier is None:
             splits = self.build_splits()
-            recipe = clf.Recipe(epochs=self.cfg.classifier_epochs, seed=self.cfg.split_seed)
-            self._classifier = clf.load_or_train(self.data_name("train"), splits["train"], splits["test"],
-                                                 self.data_name("test"), self.num_classes, recipe)
-            self._reference = clf.reference_features(self._classifier, splits["train"])[0]
+            if feature_net.applies(self.cfg, self.channels):  # shipped: the same network on every machine
+                self._classifier = feature_net.classifier(splits["test"], self.data_name("test"))
+            else:
+                recipe = clf.Recipe(epochs=self.cfg.classifier_epochs, seed=self.cfg.split_seed)
+                self._classifier = clf.load_or_train(self.data_name("train"), splits["train"], splits["test"],
+                                                     self.data_name("test"), self.num_classes, recipe)
+                clf.report_accuracy(self._classifier, splits["test"].labels, self.domain_name())
+            self._reference = clf.reference_features(self._classifier, splits["train"],
+                                                     name=self.data_name("train"))[0]
         return self._classifier, self._reference
 
     def domain_name(self) -> str:
@@ -424,7 +432,11 @@ class ImageAdapter(AdapterBase):
         200 Fashion-MNIST test images at 32 px) when samples vary as much as real ones do. About 1 s for 200.
         ``images/pixel_diversity``: the mean within-class pairwise L2 distance of ``evaluate`` (domain.py; 8.7
         for real Fashion-MNIST test images).
+        ``images/spread_ratio`` / ``images/duplicate_share``: the core collapse check (``unite_sci.collapse``)
+        in pixels against as many test images; a collapsed set prints one warning line.
         """
+        from unite_sci import collapse
+
         from .domain import pixel_diversity
 
         samples = self.with_labels(samples)
@@ -432,9 +444,20 @@ class ImageAdapter(AdapterBase):
         labels = np.array([s.label for s in samples])
         spread = [images[labels == c].std(0).mean() for c in np.unique(labels) if (labels == c).sum() > 1]
         rmse, _ = self.nearest_train(self.stack(samples))
-        return {"images/class_diversity": float(np.mean(spread)) if spread else 0.0,
-                "images/pixel_diversity": pixel_diversity(self.stack(samples), labels) or 0.0,
-                "images/nn_train_rmse": float(np.nanmean(rmse))}
+        out = {"images/class_diversity": float(np.mean(spread)) if spread else 0.0,
+               "images/pixel_diversity": pixel_diversity(self.stack(samples), labels) or 0.0,
+               "images/nn_train_rmse": float(np.nanmean(rmse))}
+        out.update({f"images/{k}": v for k, v in collapse.sample_spread(images, self._real_pixels(len(images))).items()})
+        collapse.warn(collapse.collapse_warning(out, f"{len(images)} generated images"))
+        return out
+
+    def _real_pixels(self, num: int) -> np.ndarray:
+        """The first ``num`` test images (N, C, H, W) float in [0, 1]: the collapse check's real reference."""
+        test = self.build_splits()["test"]
+        num = min(num, len(test))
+        if self._real is None or len(self._real) < num:
+            self._real = torch.stack([test[i][0] for i in range(num)]).numpy()
+        return self._real[:num]
 
     @torch.no_grad()
     def evaluate_reconstruction(self, inputs: list[ImageSample], recons: list[ImageSample]) -> dict[str, Any]:

@@ -98,6 +98,7 @@ class Classifier:
     test_accuracy: float           # share of the test split classified correctly
     test_name: str                 # which test images that accuracy is measured on
     meta: dict[str, Any] = field(default_factory=dict)  # train seconds, image counts, torch version
+    chance: float | None = None    # accuracy of always guessing the test split's most common class
 
     @property
     def description(self) -> str:
@@ -127,7 +128,43 @@ class Classifier:
         return {"classifier": self.description, "classifier_test_accuracy": round(self.test_accuracy, 4),
                 "classifier_test_images": self.test_name, "classifier_recipe": asdict(self.recipe),
                 "classifier_train_s": self.meta.get("train_s"), "classifier_train_cpu_s": self.meta.get("train_cpu_s"),
-                "classifier_train_images": self.meta.get("num_train")}
+                "classifier_train_images": self.meta.get("num_train"),
+                "classifier_chance_accuracy": None if self.chance is None else round(self.chance, 4),
+                "classifier_near_chance": self.near_chance}
+
+    @property
+    def near_chance(self) -> bool | None:
+        """Whether the test accuracy is within :data:`NEAR_CHANCE_MARGIN` of chance (None: chance unknown)."""
+        return None if self.chance is None else near_chance(self.test_accuracy, self.chance)
+
+
+# A classifier must close at least a quarter of the gap between chance and perfect before its features are
+# trusted: 40 % on three balanced classes (chance 33 %) fails, ~90 % on Fashion-MNIST (chance 10 %) passes.
+NEAR_CHANCE_MARGIN = 0.25
+
+
+def chance_accuracy(labels: np.ndarray) -> float:
+    """Share of the most common class in ``labels`` (N,): the accuracy of a classifier that learned nothing."""
+    return float(np.bincount(np.asarray(labels, dtype=np.int64)).max() / len(labels)) if len(labels) else 1.0
+
+
+def near_chance(accuracy: float, chance: float, margin: float = NEAR_CHANCE_MARGIN) -> bool:
+    """``accuracy < chance + margin * (1 - chance)``."""
+    return accuracy < chance + margin * (1.0 - chance)
+
+
+def report_accuracy(clf: Classifier, test_labels: np.ndarray, data: str) -> None:
+    """Print the test accuracy of a classifier trained on this machine (a user's own data), and warn in one
+    line when it is near chance: fd, precision / recall and class agreement in its features then measure the
+    classifier, not the samples. Sets ``clf.chance``."""
+    clf.chance = chance_accuracy(test_labels)
+    print(f"note: the image metrics' feature classifier ({clf.recipe.epochs} epochs on {data}) classifies "
+          f"{clf.test_accuracy:.1%} of {len(test_labels):,} test images correctly (chance {clf.chance:.1%})",
+          file=sys.stderr, flush=True)
+    if clf.near_chance:
+        print(f"warning: feature classifier near chance on {data}: test accuracy {clf.test_accuracy:.1%}, chance "
+              f"{clf.chance:.1%}; fd, precision, recall and class agreement cannot be trusted (more images per "
+              f"class, or more data.classifier_epochs)", file=sys.stderr, flush=True)
 
 
 def train_net(images: np.ndarray, labels: np.ndarray, num_classes: int, recipe: Recipe,
@@ -214,13 +251,23 @@ def load_or_train(name: str, train: Dataset, test: Dataset, test_name: str, num_
     return clf
 
 
-def reference_features(clf: Classifier, train: Dataset, cache_dir: str | Path | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Features (N, F) float32 and labels (N,) of the classifier's whole training split, cached beside it and
-    tied to the classifier file's hash (a retrained classifier never reads stale features)."""
-    path = clf.path.with_suffix(".features.npz") if cache_dir is None else Path(cache_dir) / (
-        clf.path.stem + ".features.npz")
-    tag = clf.description
+def reference_features(clf: Classifier, train: Dataset, cache_dir: str | Path | None = None,
+                       name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Features (N, F) float32 and labels (N,) of a training split, cached and tied to the classifier file's
+    hash (a retrained classifier never reads stale features).
+
+    ``name``: the split's images (``ImageAdapter.data_name``) when they are not the classifier's own training
+    images (the shipped network scores any Fashion-MNIST split); cached under the cache root, never beside a
+    shipped file."""
+    if name is None or name == clf.name:
+        path = clf.path.with_suffix(".features.npz") if cache_dir is None else Path(cache_dir) / (
+            clf.path.stem + ".features.npz")
+        tag = clf.description
+    else:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+        folder = Path(cache_dir) if cache_dir is not None else cache_root() / "classifiers"
+        path = folder / f"{clf.path.stem}-on-{safe}.features.npz"
+        tag = f"{clf.description} on {name}"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as data:
