@@ -296,3 +296,13 @@ def test_the_other_shipped_sets_match_their_checksums(dataset, n_val, n_test):
     for split, n in (("val", n_val), ("test", n_test)):
         cdata.verify_checksum(folder / f"{split}.csv.gz")
         assert len(cdata.read_rows(folder / f"{split}.csv.gz")) == n
+
+
+def test_a_first_parse_says_how_long_it_will_take(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cdata, "PARSE_S_PER_CIF", 0.5)  # 40 CIFs: 20 s on one process, worth a line
+    parse_file(HERE / "mp20_val_40.csv.gz", 20, cache_dir=tmp_path, progress=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["note: building the parsed crystals of mp20_val_40.csv.gz (40 CIFs, 1 process) for this "
+                   "data set's first use: about 20 s, once"]
+    parse_file(HERE / "mp20_val_40.csv.gz", 20, cache_dir=tmp_path, progress=False)
+    assert capsys.readouterr().err == ""  # cached: silent

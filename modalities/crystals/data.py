@@ -274,7 +274,7 @@ def _parse_rows(path: Path, rows: list[dict[str, str]], index: np.ndarray, max_a
     tasks = [(rows[i].get("cif") or "", max_atoms, min_distance, MAX_Z) for i in index]
     n_cif, procs = sum(1 for t in tasks if t[0].strip()), resolve_workers(workers)
     if n_cif * PARSE_S_PER_CIF / procs >= 5:  # minutes of silence on a first use otherwise
-        announce_build(f"the parsed crystals of {path.name} ({n_cif} CIFs on {procs} processes)",
+        announce_build(f"the parsed crystals of {path.name} ({n_cif} CIFs, {procs} process{'es' * (procs > 1)})",
                        "this data set's first use", n_cif * PARSE_S_PER_CIF / procs)
     # A per-row limit: one pathological CIF must not stall the load (it becomes a counted skip).
     outs = parallel_map(_parse_task, tasks, workers=procs, time_limit_s=PARSE_TIME_LIMIT_S,
