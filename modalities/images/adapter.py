@@ -501,6 +501,11 @@ class ImageAdapter(AdapterBase):
                                        num_classes=self.num_classes, scale=self.cfg.grid_scale)
         return [npz, grid]
 
+    def export_reconstructions(self, inputs: list[ImageSample], recons: list[ImageSample], out_dir: Path) -> list[Path]:
+        """:meth:`export` of the reconstructions, each with its input's label: the decoder never sees the
+        label, and :meth:`with_labels` would otherwise number them 0-9 in turn like generated samples."""
+        return self.export([ImageSample(r.image, x.label) for x, r in zip(inputs, recons)], out_dir)
+
     def load_samples(self, path: Path) -> list[ImageSample]:
         """``samples.npz`` (a file, or a folder holding one) or a folder of PNG/JPEG images (no labels)."""
         path = Path(path)
