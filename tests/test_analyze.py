@@ -164,3 +164,24 @@ def test_analyze_command_writes_csvs_figure_and_report(toy_ckpt, tmp_path, capsy
     assert "| block 0 |" in capsys.readouterr().out
     assert main(["analyze", "--checkpoint", toy_ckpt, "--out", str(out), "--num", "1"]) == 2
     assert "--num must be >= 2" in capsys.readouterr().err
+
+
+def test_analyze_says_when_it_uses_fewer_items_than_asked(toy_ckpt, tmp_path, capsys):
+    out = tmp_path / "few"
+    assert main(["analyze", "--checkpoint", toy_ckpt, "--out", str(out), "--num", "500"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    n = report["num_items"]
+    assert n < 500 and report["num_requested"] == 500
+    note = f"analyze uses {n} test items, fewer than the 500 asked for: the test split has {n}"
+    assert report["notes"] == [note] and f"Note: {note}." in (out / "report.md").read_text()
+    assert f"note: {note}" in capsys.readouterr().err.splitlines()
+
+
+def test_plot_limits_do_not_stretch_noise_into_a_trend():
+    from unite_sci.analyze import readable_limits
+
+    lo, hi = readable_limits([31.204, 31.208, 31.212, float("nan")])  # a flat PSNR, dB
+    assert hi - lo >= 0.1 * 31.212 and lo < 31.204 and hi > 31.212  # >= 3 dB shown, values inside
+    lo, hi = readable_limits([0.2, 0.9])  # a real trend keeps its own range (plus a margin)
+    assert lo == pytest.approx(0.165) and hi == pytest.approx(0.935)
+    assert readable_limits([float("nan")]) == (0.0, 1.0) and readable_limits([0.0, 0.0])[1] > 0

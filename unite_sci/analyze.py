@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -189,11 +191,15 @@ def run_analyze(checkpoint: str, out: str | None = "runs/analyze", num: int = 30
     items = [test[i] for i in range(min(num, len(test)))]
     if len(items) < 2:
         raise UserError(f"the test split has {len(test)} item(s); the analysis needs >= 2")
+    notes = [f"analyze uses {len(items)} test items, fewer than the {num} asked for: the test split has "
+             f"{len(test)}"] if len(items) < num else []
+    for note in notes:  # never silent: a smaller sample makes every number noisier
+        print(f"note: {note}", file=sys.stderr, flush=True)
     t0 = time.time()
     res = pathway_alignment(loaded.model, loaded.adapter, items, times=times, seed=seed, progress=progress)
     recon = reconstruction_rows(loaded.adapter, res["inputs"], res["decoded"], res["latent_mse"])
     weights = weight_entropy(loaded.model, fresh_model(loaded, seed), bins)
-    report = {"num_items": len(items), "seed": seed, "times": list(times), "bins": bins,
+    report = {"num_items": len(items), "num_requested": num, "notes": notes, "seed": seed, "times": list(times), "bins": bins,
               "cka": "linear CKA, standard (biased) HSIC estimator, rows = real register tokens",
               "condition": "null in both passes", "alignment": res["alignment"], "reconstruction": recon,
               "entropy_totals": entropy_totals(weights), "wall_s": round(time.time() - t0, 1),
@@ -230,6 +236,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Pathway analysis of {report.get('checkpoint', '?')} ({report.get('train_steps', '?')} steps)", "",
              f"{report['num_items']} test items, seed {report['seed']}, checkpoint sha256 "
              f"{report.get('checkpoint_sha256', '?')}; {report['cka']}; condition {report['condition']}.", "",
+             *[f"Note: {n}.\n" for n in report.get("notes", [])],
              "## Alignment of tokenization and denoising activations: CKA / cosine", "",
              "| layer | " + " | ".join(f"t={t:g}" for t in times) + " |", "|---" * (len(times) + 1) + "|"]
     cell = {(r["layer"], r["t"]): f"{r['cka']:.3f} / {r['cosine']:.3f}" for r in report["alignment"]}
@@ -247,6 +254,22 @@ def markdown(report: dict[str, Any]) -> str:
     for g in report["entropy_totals"]:
         lines.append(f"| {g['part']} | {g['kind']} | {int(g['numel'])} | {g['mb_init']:.4f} | {g['mb_trained']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+MIN_RELATIVE_SPAN = 0.1  # an axis spans at least 10 % of its largest |value|
+
+
+def readable_limits(values: Sequence[float], min_relative_span: float = MIN_RELATIVE_SPAN) -> tuple[float, float]:
+    """y limits around ``values`` that span at least ``min_relative_span`` of their largest magnitude, so that
+    noise is not drawn as a trend (matplotlib's autoscale stretched a PSNR spread of 0.008 dB over the whole
+    axis). NaNs are ignored; all-NaN gives (0, 1)."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    if not finite:
+        return 0.0, 1.0
+    lo, hi = min(finite), max(finite)
+    span = max(hi - lo, min_relative_span * max(abs(lo), abs(hi)), 1e-12)
+    mid, pad = (lo + hi) / 2, 0.55 * span  # 5 % margin on each side
+    return mid - pad, mid + pad
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -269,6 +292,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     a1.set_xticks(range(len(names)), [n.replace("block ", "") for n in names], fontsize="small")
     a1.set_xlabel("GE block (latent: z0 vs x1_hat)")
     a1.set_ylabel("tokenization vs denoising")
+    a1.set_ylim(min(0.0, *(r["cosine"] for r in align)) - 0.02, 1.02)  # CKA lies in [0, 1]: the whole range
     a1.legend(fontsize="x-small", ncol=2)
     recon, key = report["reconstruction"], headline_metric(report["reconstruction"])
     if key is not None:
@@ -277,6 +301,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         clean = [r.get(key, float("nan")) for r in recon if r["latent"] == "z0"]
         if clean:
             a2.axhline(clean[0], linestyle="--", color="grey", label="decode(z0)")
+        a2.set_ylim(*readable_limits([v for _, v in pts] + clean[:1]))
         a2.set_ylabel(key)
         a2.legend(fontsize="small")
     a2.set_xlabel("t of x_t = t z0 + (1 - t) eps")
