@@ -33,8 +33,10 @@ ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 # pages whose ```python blocks are scripts whose work must sit under the main guard (the others define classes)
 SCRIPT_PAGES = {"README.md", "python-api.md"}
 PYTEST_FILE = "# tests/"  # a block that starts so is a pytest file, run by the conformance test below
-BLOCK_TIME_LIMIT_S = 300  # per block, on a loaded 2-core machine (most take 20-60 s there)
-SLOW_BLOCKS: set[str] = set()  # "page:line" of blocks too slow for `make test` (pytest -m slow runs them)
+BLOCK_TIME_LIMIT_S = 300  # per block; on a loaded 2-core machine they took 14-40 s each
+# "page#n" (the page's n-th ```python block, from 1) of blocks left to `pytest -m slow`: models.md's repeats the
+# README's load / sample / encode of the shipped qm9 model (38 s there)
+SLOW_BLOCKS = {"docs/models.md#1"}
 
 
 def blocks(page: Path, langs: tuple[str, ...]) -> list[tuple[int, str]]:
@@ -169,7 +171,9 @@ def test_readme_is_an_entry_page_with_the_makefiles_install_steps():
 
 # ----------------------------------------------------------------------------- Python blocks, run
 def python_blocks() -> list[tuple[str, str]]:
-    return [(f"{page.relative_to(ROOT)}:{line}", text) for page in PAGES for line, text in blocks(page, ("python",))]
+    """("page#n", text) of every ```python block."""
+    return [(f"{page.relative_to(ROOT)}#{n}", text) for page in PAGES
+            for n, (_, text) in enumerate(blocks(page, ("python",)), 1)]
 
 
 def _script_params() -> list:
@@ -188,6 +192,10 @@ def test_every_python_block_runs_as_a_script(tmp_path, text):
                        timeout=BLOCK_TIME_LIMIT_S)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
     print(f"ran in {time.time() - t0:.1f} s")
+
+
+def test_the_slow_blocks_exist():
+    assert SLOW_BLOCKS <= {where for where, _ in python_blocks()}, "a block in SLOW_BLOCKS moved: renumber it"
 
 
 def test_the_documented_conformance_class_passes_for_a_copied_toy_adapter(tmp_path):
