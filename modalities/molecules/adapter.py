@@ -32,7 +32,8 @@ from unite_sci.schema import non_negative, positive, ranged
 
 from ..atoms import z_to_symbol
 from ..qm9 import data as qdata
-from ..qm9.adapter import QM9Adapter
+from ..qm9.adapter import RMSD_UNDER, STRAIN_UNDER, QM9Adapter
+from ..qm9.forcefield import ForceField
 from . import sources
 
 SPLITS = ("train", "val", "test")
@@ -63,6 +64,12 @@ class MoleculesConfig:
     time_limit_s: float = positive(30.0)  # per molecule, in evaluation and conformer building
     novelty: bool = True                # SMILES of the training split by the ADiT route (cached)
     geometry: bool = True               # bond length / angle / valency diagnostics against the training split
+    physics: bool = False               # evaluate: PoseBusters checks and force-field strain (as QM9's)
+    force_field: ForceField = ForceField.mmff94  # mmff94 (RDKit) | gfn2_xtb (needs tblite)
+    relax_steps: int = positive(1000)   # L-BFGS-B iterations at most
+    relax_fmax: float = positive(0.1)   # kcal/mol/A, largest per-atom force at convergence
+    strain_under: float = positive(STRAIN_UNDER)  # kcal/mol, threshold of the strain share
+    rmsd_under: float = positive(RMSD_UNDER)      # Angstrom, threshold of the move-RMSD share
 
     def constraints(self) -> Iterator[tuple[str, str]]:
         if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6:

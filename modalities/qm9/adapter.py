@@ -29,11 +29,15 @@ from ..atoms import principal_axes_frame, random_rotations
 from . import data as qdata
 from . import io as qio
 from .conditioning import PropertyConditions, train_half
+from .forcefield import ForceField, RelaxSettings
 from .properties import PROPERTIES
 
 if TYPE_CHECKING:  # the metrics modules load RDKit and OpenBabel: imported when first evaluating
     from .geometry import Geometry
 
+# Thresholds of the strain shares, measured on real QM9 test molecules with MMFF94 (docs/results.md)
+STRAIN_UNDER = 10.0  # kcal/mol
+RMSD_UNDER = 0.5  # Angstrom
 GEOMETRY_REFERENCE = 10_000  # training molecules (the first of the EDM split) the geometry metrics compare with
 
 
@@ -70,6 +74,12 @@ class QM9Config:
     train_half: str = ""                # "a" / "b": half of the training split (EDM's conditional protocol)
     novelty: bool = True                # needs the training SMILES (computed once, cached)
     geometry: bool = True               # bond length / angle / valency diagnostics (see qm9/geometry.py)
+    physics: bool = False               # evaluate: PoseBusters checks and force-field strain (qm9/physics.py)
+    force_field: ForceField = ForceField.mmff94  # relax with mmff94 (RDKit) | gfn2_xtb (needs tblite)
+    relax_steps: int = positive(1000)   # L-BFGS-B iterations at most
+    relax_fmax: float = positive(0.1)   # kcal/mol/A: converged when the largest per-atom force is below
+    strain_under: float = positive(STRAIN_UNDER)  # kcal/mol: the strain share reported is of molecules below
+    rmsd_under: float = positive(RMSD_UNDER)      # Angstrom: likewise for the RMSD of the relaxation's move
 
     def constraints(self) -> Iterator[tuple[str, str]]:
         if self.registers == "fixed" and self.num_registers < self.max_atoms:
@@ -361,18 +371,49 @@ class QM9Adapter(AdapterBase):
                                           workers=1, progress=False, time_limit_s=self.cfg.time_limit_s)
         return {k: out[k] for k in ("connected_validity", "edm/atom_stability")}
 
-    def export(self, samples: list, out_dir: Path) -> list[Path]:
+    def export(self, samples: list, out_dir: Path, properties: list[dict] | None = None) -> list[Path]:
+        """samples.extxyz, samples.sdf (each record's perceived bonds, verdicts, SMILES and ``properties[i]``),
+        samples_valid.sdf (the records RDKit reads sanitised, one molecule each), gallery.png, samples.npz."""
         from . import render
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         z, pos = [s[0] for s in samples], [s[1] for s in samples]
-        paths = [out_dir / "samples.extxyz", out_dir / "samples.sdf", out_dir / "gallery.png", out_dir / "samples.npz"]
+        paths = [out_dir / "samples.extxyz", out_dir / "samples.sdf", out_dir / "samples_valid.sdf",
+                 out_dir / "gallery.png", out_dir / "samples.npz"]
         qio.write_extxyz(paths[0], z, pos)
-        render.write_sdf(paths[1], z, pos)
-        render.gallery_png(paths[2], z, pos)
-        qio.write_npz(paths[3], z, pos)  # exact coordinates (extxyz rounds to 1e-8 A): re-scoring repeats the numbers
+        render.write_sdf(paths[1], z, pos, properties, valid_path=paths[2])
+        render.gallery_png(paths[3], z, pos)
+        qio.write_npz(paths[4], z, pos)  # exact coordinates (extxyz rounds to 1e-8 A): re-scoring repeats the numbers
         return paths
+
+    # ------------------------------------------------------------------ physics (unite_sci/physics.py)
+    def relax_settings(self) -> RelaxSettings:
+        return RelaxSettings(str(self.cfg.force_field), self.cfg.relax_steps, self.cfg.relax_fmax)
+
+    def relax(self, samples: list, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+        """Relax every molecule with ``data.force_field`` (see qm9/physics.py) into ``out_dir``: the
+        relaxed molecules through :meth:`export` (a molecule that could not be relaxed as given, its
+        error in its row), ``relax.csv`` one row per sample; resumable."""
+        from . import physics
+
+        settings = self.relax_settings()
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rows, relaxed = physics.relax_all(samples, settings, workers=self.cfg.eval_workers,
+                                          time_limit_s=self.cfg.time_limit_s, progress=progress, out_dir=out_dir)
+        keep = ("strain_kcal_mol", "rmsd_A", "converged", "error")
+        self.export([(s[0], p) for s, p in zip(samples, relaxed)], out_dir,
+                    properties=[{f"relax_{k}": r[k] for k in keep} for r in rows])
+        return physics.relax_summary(rows, settings)
+
+    def physics(self, samples: list, source: Path) -> tuple[dict[str, Any], list[dict]]:
+        """PoseBusters pass rates and force-field strain (see qm9/physics.py), per-sample rows in order."""
+        from . import physics
+
+        return physics.physics_report(samples, Path(source), self.relax_settings(), strain_under=self.cfg.strain_under,
+                                      rmsd_under=self.cfg.rmsd_under, workers=self.cfg.eval_workers,
+                                      time_limit_s=self.cfg.time_limit_s)
 
     def export_reconstructions(self, inputs: list, recons: list, out_dir: Path) -> list[Path]:
         """:meth:`export` of the reconstructions, with gallery.png drawing the first 8 inputs each beside

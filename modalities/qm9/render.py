@@ -2,7 +2,7 @@
 
 Molecules are ``(z, pos)``: atomic numbers (n,) and coordinates (n, 3) in Angstrom. Bonds come from the
 same route as the ADiT validity metric (OpenBabel perception -> PDB block -> RDKit, see :mod:`.metrics`),
-so what a picture shows is what the metric judged. Neither function raises on a broken molecule: it is
+so what a picture shows is what the metric judged, and each SDF record carries its verdicts. Neither function raises on a broken molecule: it is
 written with its atoms only, or drawn as its perceived (unsanitised) heavy-atom graph labelled 'invalid'.
 """
 from __future__ import annotations
@@ -22,8 +22,9 @@ from unite_sci.files import atomic_write
 
 from .bonds import canonical_order, openbabel_mol, pdb_block, quiet_toolkits
 from .metrics import check_input, evaluate_molecule
+from .protocols import adit_verdict, edm_verdict
 
-__all__ = ["molecule_3d", "write_sdf", "gallery_png"]
+__all__ = ["molecule_3d", "perceived_3d", "sdf_verdicts", "write_sdf", "gallery_png"]
 
 
 def _atoms_only(z: np.ndarray, pos: np.ndarray) -> Chem.Mol:
@@ -47,30 +48,29 @@ def molecule_3d(z: object, pos: object) -> tuple[Chem.Mol, bool]:
     Returns ``(mol, perceived)``: bonds from the ADiT route when it sanitises with the hydrogens kept
     (``perceived`` True), else atoms only.
     """
-    mol = _perceived_3d(z, pos, sanitize=True)
+    mol = perceived_3d(z, pos, sanitize=True)
     if mol is None:
         z_arr, p_arr, _ = check_input(z, pos)  # check_input keeps the two shapes consistent
         return _atoms_only(z_arr, p_arr), False
     return mol, True
 
 
-def _perceived_3d(z: object, pos: object, sanitize: bool) -> Chem.Mol | None:
-    """Perceived bonds (the ADiT route) with hydrogens, in the input atom order; None when perception
-    fails, or, with ``sanitize``, when RDKit refuses the result (e.g. a carbon with five bonds)."""
+def perceived_3d(z: object, pos: object, sanitize: bool) -> Chem.Mol | None:
+    """The bonds the ADiT validity verdict perceives (:func:`.protocols.adit_verdict`: OpenBabel with the
+    atoms in the given order -> PDB block -> RDKit), hydrogens kept, atoms in the input order, full-precision
+    coordinates. None when perception fails, or, with ``sanitize``, when RDKit refuses the result (e.g. a
+    carbon with five bonds): with the hydrogens kept this is ADiT's ``valid_with_h`` verdict."""
     z_arr, p_arr, reason = check_input(z, pos)
     if reason:
         return None
-    k = canonical_order(z_arr, p_arr)
     try:
-        mol = Chem.MolFromPDBBlock(pdb_block(openbabel_mol(z_arr[k], p_arr[k])), sanitize=sanitize,
-                                   removeHs=False)
+        mol = Chem.MolFromPDBBlock(pdb_block(openbabel_mol(z_arr, p_arr)), sanitize=sanitize, removeHs=False)
     except Exception:
         mol = None
     if mol is None:
         return None
     if not sanitize:
         mol.UpdatePropertyCache(strict=False)  # valences for the writer, without judging them
-    mol = Chem.RenumberAtoms(mol, np.argsort(k).tolist())  # back to the caller's atom order
     conf = mol.GetConformer()
     for i, (x, y, w) in enumerate(p_arr.tolist()):  # full precision, not the PDB block's 3 decimals
         conf.SetAtomPosition(i, Point3D(x, y, w))
@@ -79,30 +79,68 @@ def _perceived_3d(z: object, pos: object, sanitize: bool) -> Chem.Mol | None:
     return mol
 
 
-def write_sdf(path: str | os.PathLike, z_list: Sequence[object], pos_list: Sequence[object]) -> int:
+def sdf_verdicts(z: object, pos: object) -> dict[str, object]:
+    """The verdicts an SDF record carries, by the protocols of :mod:`.metrics`: ``valid`` (ADiT, atoms in
+    the given order), ``valid_with_h`` (the same with the hydrogens kept: RDKit reads the record as
+    written), ``connected`` (ADiT-valid, one fragment), ``stable`` (EDM molecule stability) and
+    ``smiles`` (ADiT's SMILES of the largest fragment, '' when invalid)."""
+    z_arr, p_arr, reason = check_input(z, pos)
+    if reason:
+        return {"valid": False, "valid_with_h": False, "connected": False, "stable": False, "smiles": ""}
+    adit = adit_verdict(z_arr, p_arr)
+    stable = edm_verdict(z_arr, p_arr)[0]
+    return {"valid": adit.valid, "valid_with_h": adit.valid_with_h, "connected": adit.valid and adit.n_fragments == 1,
+            "stable": stable, "smiles": adit.smiles}
+
+
+def _set_prop(mol: Chem.Mol, key: str, value: object) -> None:
+    if isinstance(value, (bool, np.bool_)):
+        mol.SetProp(key, "true" if value else "false")
+    elif isinstance(value, float):
+        mol.SetProp(key, "" if not np.isfinite(value) else f"{value:.6g}")
+    else:
+        mol.SetProp(key, str(value))
+
+
+def write_sdf(path: str | os.PathLike, z_list: Sequence[object], pos_list: Sequence[object],
+              properties: Sequence[dict] | None = None, valid_path: str | os.PathLike | None = None) -> int:
     """Write molecules to an SDF file (coordinates in Angstrom, explicit hydrogens); returns how many
-    had perceived bonds that RDKit accepts. Each record's title is its index; the property ``bonds`` says
-    'perceived', 'perceived, unsanitised' (the bonds the gallery draws for an invalid molecule: RDKit
-    refuses them, e.g. a five-bonded carbon, but they are what the metric judged) or 'none' (atoms only:
-    perception itself failed).
+    had perceived bonds that RDKit accepts.
+
+    Each record's bonds are those the ADiT validity verdict perceived (:func:`perceived_3d`), its title is
+    its index, and its properties are ``bonds`` ('perceived'; 'perceived, unsanitised': RDKit refuses them,
+    e.g. a five-bonded carbon, but they are what the verdict judged; 'none': atoms only, perception itself
+    failed), the verdicts of :func:`sdf_verdicts` and ``properties[i]`` (e.g. PoseBusters and strain).
+    ``valid_path``: also write the records that are ``valid_with_h`` and ``connected`` there, the file a
+    chemist can read with RDKit's defaults (sanitised) and get one molecule per record.
     """
     if len(z_list) != len(pos_list):
         raise ValueError(f"{len(z_list)} atom-type arrays but {len(pos_list)} coordinate arrays")
+    if properties is not None and len(properties) != len(z_list):
+        raise ValueError(f"{len(properties)} property dicts for {len(z_list)} molecules")
     n_perceived = 0
-    text = io.StringIO()
-    with quiet_toolkits(), Chem.SDWriter(text) as writer:
-        writer.SetKekulize(False)  # perceived aromatic rings that do not kekulise must still be written
+    text, valid_text = io.StringIO(), io.StringIO()
+    with quiet_toolkits(), Chem.SDWriter(text) as writer, Chem.SDWriter(valid_text) as valid_writer:
+        for w in (writer, valid_writer):
+            w.SetKekulize(False)  # perceived aromatic rings that do not kekulise must still be written
         for i, (z, pos) in enumerate(zip(z_list, pos_list)):
             mol, perceived = molecule_3d(z, pos)
             n_perceived += perceived
             label = "perceived" if perceived else "none"
-            raw = None if perceived else _perceived_3d(z, pos, sanitize=False)
+            raw = None if perceived else perceived_3d(z, pos, sanitize=False)
             if raw is not None:
                 mol, label = raw, "perceived, unsanitised"
             mol.SetProp("_Name", str(i))
             mol.SetProp("bonds", label)
+            verdicts = sdf_verdicts(z, pos)
+            for key, value in {**verdicts, **(properties[i] if properties is not None else {})}.items():
+                _set_prop(mol, key, value)
             writer.write(mol)
+            if perceived and verdicts["valid_with_h"] and verdicts["connected"]:
+                valid_writer.write(mol)
     atomic_write(path, lambda f: f.write(text.getvalue()), binary=False)  # mode from the umask (0644)
+    if valid_path is not None:
+        atomic_write(valid_path, lambda f: f.write(valid_text.getvalue()), binary=False)
     return n_perceived
 
 
