@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from unite_sci.config import parse_options
 from unite_sci.engine import load_config, make_adapter, provenance
 from unite_sci.errors import UserError
@@ -50,6 +52,16 @@ PROTOCOL = """
 """
 
 
+NOISE_A = 0.3  # Angstrom, Gaussian noise per coordinate of the noised-data row (seed 0): it must fail visibly
+PHYSICS_PROTOCOL = f"""- Physics (`data.physics=true`, modalities/qm9/physics.py): PoseBusters' `mol` checks on the bonds the
+  ADiT validity route perceives (hydrogens kept, unsanitised, so "sanitization" is ADiT's validity with H);
+  strain = energy released by relaxing with `data.force_field` (MMFF94 through RDKit by default; L-BFGS-B to a
+  largest per-atom force of `data.relax_fmax` kcal/mol/A); a molecule whose graph MMFF94 cannot type is not
+  relaxed (the `relaxed` share). Real-data floor: the real test molecules; noised row: the same with
+  {NOISE_A:g} A Gaussian noise per coordinate (seed 0).
+"""
+
+
 @dataclass
 class QM9Options(StudyOptions):
     """This benchmark's ``key=value`` words without a dot. ``seeds`` makes it a study (``jobs``, ``threads``
@@ -73,19 +85,56 @@ def _at(res: dict[str, Any]) -> str:
     return "" if t == 1.0 else f", temperature {t:g}"
 
 
-def sanity_row(num: int, overrides: list[str]) -> dict[str, Any]:
-    """The metrics of real QM9 test molecules themselves (EDM's "Data" row)."""
+
+def physics_columns(adapter: Any) -> list[str]:
+    """The physics columns of the tables (``data.physics=true``); every check is in the JSON."""
+    from unite_sci_modalities.qm9.physics import posebusters_name, strain_name
+
+    pb, ss, c = posebusters_name(), strain_name(adapter.cfg.force_field), adapter.cfg
+    return [f"{pb}/all", f"{pb}/sanitization", f"{pb}/bond_lengths", f"{pb}/bond_angles",
+            f"{pb}/internal_steric_clash", f"{pb}/internal_energy", f"{ss}/relaxed", f"{ss}/median_kcal_mol",
+            f"{ss}/under_{c.strain_under:g}_kcal_mol", f"{ss}/median_rmsd_A", f"{pb}/s_per_molecule",
+            f"{ss}/s_per_molecule"]
+
+
+def data_adapter(config: list[str]) -> Any:
+    """The QM9 adapter of the run's ``data.*`` overrides (physics settings, thresholds)."""
+    return make_adapter(load_config("qm9", overrides=[o for o in config if o.startswith("data.")]))
+
+
+def with_physics(adapter: Any, row: dict[str, Any], samples: list, source: Path) -> dict[str, Any]:
+    """``row`` and, with ``data.physics=true``, the physics metrics of ``samples`` (read from ``source``)."""
+    if not adapter.cfg.physics:
+        return row
+    return {**row, **adapter.physics(samples, source)[0]}
+
+
+def sanity_rows(num: int, overrides: list[str]) -> list[dict[str, Any]]:
+    """The metrics of real QM9 test molecules themselves (EDM's "Data" row); with ``data.physics=true`` also
+    the physics floor: the same molecules with ``NOISE_A`` of Gaussian noise, which must fail visibly."""
     cfg = load_config("qm9", overrides=[o for o in overrides if o.startswith("data.")])
     adapter = make_adapter(cfg)
     mols = adapter.molecules("test")
     n = min(num, len(mols))
-    gen = adapter.evaluate(list(zip(mols.z[:n], mols.pos[:n])))
-    return {"method": f"Data: {n} real test molecules (this toolkit)", **gen}
+    real = list(zip(mols.z[:n], mols.pos[:n]))
+    rows = [with_physics(adapter, {"method": f"Data: {n} real test molecules (this toolkit)",
+                                   **adapter.evaluate(real)}, real, Path("."))]
+    if cfg.data.physics:
+        noised = noise(real, NOISE_A, seed=0)
+        rows.append(with_physics(adapter, {"method": f"Data + {NOISE_A:g} A Gaussian noise (must fail)",
+                                           **adapter.evaluate(noised)}, noised, Path(".")))
+    return rows
+
+
+def noise(molecules: list, sigma: float, seed: int) -> list:
+    """Each molecule's coordinates plus N(0, sigma^2) per coordinate (Angstrom), one seeded generator."""
+    rng = np.random.default_rng(seed)
+    return [(z, np.asarray(p, dtype=np.float64) + rng.normal(0.0, sigma, np.shape(p))) for z, p in molecules]
 
 
 def real_rows(num: int, overrides: list[str]) -> list[dict[str, Any]]:
-    """The real-data row, or none when ``sanity=0`` asks for no real molecules."""
-    return [sanity_row(num, overrides)] if num > 0 else []
+    """The real-data rows, or none when ``sanity=0`` asks for no real molecules."""
+    return sanity_rows(num, overrides) if num > 0 else []
 
 
 def run_seeds(out: str, budget: float, num: int, opts: QM9Options, config: list[str]) -> Path:
@@ -94,8 +143,14 @@ def run_seeds(out: str, budget: float, num: int, opts: QM9Options, config: list[
     cols = [c for c in COLUMNS if c not in ("match", "rmsd")]
 
     def extra() -> list[tuple[str, str]]:  # after the timed jobs, so that it never competes with them
-        refs = real_rows(opts.sanity, config) + [{"method": k, **v} for k, v in REFERENCES.items()]
-        return [("Real data and published numbers", markdown_table(refs, cols)), ("Protocol", PROTOCOL)]
+        real = real_rows(opts.sanity, config)
+        refs = real + [{"method": k, **v} for k, v in REFERENCES.items()]
+        sections = [("Real data and published numbers", markdown_table(refs, cols))]
+        adapter = data_adapter(config)
+        if adapter.cfg.physics and real:
+            sections.append(("Physics of the real data (percent; kcal/mol; Angstrom; seconds)",
+                             markdown_table(real, ["method", *physics_columns(adapter)])))
+        return sections + [("Protocol", PROTOCOL + PHYSICS_PROTOCOL)]
 
     return run_study("qm9", "qm9", methods, out, [budget], num, opts, config, extra)
 
@@ -116,10 +171,12 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
         results["two_stage"] = run_protocol(
             "qm9", out_p / "two_stage", budget, num, None,
             config + ["train.mode=two_stage", "model.shared_weights=false"], recon)
-    rows = []
+    rows, adapter = [], data_adapter(config)
     for key, name in (("unite", "UNITE single-stage (this run)"), ("two_stage", "Two-stage baseline (this run, same budget)")):
         if key in results:
             rows.append(result_row(f"{name}{_at(results[key])}", results[key]))
+            folder = out_p / key / "samples"  # scored as saved: the physics can be redone from the folder
+            rows[-1] = with_physics(adapter, rows[-1], adapter.load_samples(folder), folder)
             for part in sorted(k for k in results[key] if k.startswith("generation_temperature_")):
                 rows.append({"method": f"{name}, temperature {part.rsplit('_', 1)[1]}", **results[key][part]})
     rows += real_rows(opts.sanity, config)
@@ -145,7 +202,11 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
                 f"- Reconstruction on {u['reconstruction_num']} test molecules\n"
                 f"- Checkpoint sha256 {u.get('checkpoint_sha256')}; model {u.get('model')}\n"
                 f"- Library versions: {u.get('library_versions')}")
-    sections = [("Results (percent; RMSD in Angstrom)", markdown_table(rows, COLUMNS)),
-                ("Settings", settings), ("Protocol", PROTOCOL)]
+    sections = [("Results (percent; RMSD in Angstrom)", markdown_table(rows, COLUMNS))]
+    if adapter.cfg.physics:
+        sections.append(("Physics (percent; kcal/mol; Angstrom; seconds)",
+                         markdown_table([r for r in rows if any(k in r for k in physics_columns(adapter))],
+                                        ["method", *physics_columns(adapter)])))
+    sections += [("Settings", settings), ("Protocol", PROTOCOL + (PHYSICS_PROTOCOL if adapter.cfg.physics else ""))]
     data = {"rows": rows, "results": results, "protocol": PROTOCOL, **provenance()}
     return write_report(out, "unite-sci benchmark: QM9", sections, data)

@@ -69,6 +69,8 @@ class MoleculesConfig:
     relax_steps: int = positive(1000)   # L-BFGS-B iterations at most
     relax_fmax: float = positive(0.1)   # kcal/mol/A, largest per-atom force at convergence
     strain_under: float = positive(STRAIN_UNDER)  # kcal/mol, threshold of the strain share
+    physics_time_limit_s: float = positive(600.0)  # per molecule in relax and PoseBusters (its 50 conformers
+                                                   # take 1-2 s, minutes on a crowded machine): past it = failed
     rmsd_under: float = positive(RMSD_UNDER)      # Angstrom, threshold of the move-RMSD share
 
     def constraints(self) -> Iterator[tuple[str, str]]:

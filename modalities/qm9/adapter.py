@@ -79,6 +79,8 @@ class QM9Config:
     relax_steps: int = positive(1000)   # L-BFGS-B iterations at most
     relax_fmax: float = positive(0.1)   # kcal/mol/A: converged when the largest per-atom force is below
     strain_under: float = positive(STRAIN_UNDER)  # kcal/mol: the strain share reported is of molecules below
+    physics_time_limit_s: float = positive(600.0)  # per molecule in relax and PoseBusters (its 50 conformers
+                                                   # take 1-2 s, minutes on a crowded machine): past it = failed
     rmsd_under: float = positive(RMSD_UNDER)      # Angstrom: likewise for the RMSD of the relaxation's move
 
     def constraints(self) -> Iterator[tuple[str, str]]:
@@ -401,7 +403,7 @@ class QM9Adapter(AdapterBase):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         rows, relaxed = physics.relax_all(samples, settings, workers=self.cfg.eval_workers,
-                                          time_limit_s=self.cfg.time_limit_s, progress=progress, out_dir=out_dir)
+                                          time_limit_s=self.cfg.physics_time_limit_s, progress=progress, out_dir=out_dir)
         keep = ("strain_kcal_mol", "rmsd_A", "converged", "error")
         self.export([(s[0], p) for s, p in zip(samples, relaxed)], out_dir,
                     properties=[{f"relax_{k}": r[k] for k in keep} for r in rows])
@@ -413,7 +415,7 @@ class QM9Adapter(AdapterBase):
 
         return physics.physics_report(samples, Path(source), self.relax_settings(), strain_under=self.cfg.strain_under,
                                       rmsd_under=self.cfg.rmsd_under, workers=self.cfg.eval_workers,
-                                      time_limit_s=self.cfg.time_limit_s)
+                                      time_limit_s=self.cfg.physics_time_limit_s)
 
     def export_reconstructions(self, inputs: list, recons: list, out_dir: Path) -> list[Path]:
         """:meth:`export` of the reconstructions, with gallery.png drawing the first 8 inputs each beside

@@ -215,6 +215,7 @@ def physics_report(samples: Sequence[tuple[np.ndarray, np.ndarray]], source: Pat
     metrics: dict[str, Any] = {f"{pb}/{c}": percent(sum(v[c] for v in verdicts), n) for c in CHECKS.values()}
     metrics[f"{pb}/all"] = percent(sum(all(v.values()) for v in verdicts), n)
     metrics[f"{pb}/geometry"] = "relaxed (relax.csv beside the samples)" if folder is not None else "as given"
+    metrics[f"{pb}/unjudged"] = sum(bool(why) for _, why in busted)  # failed or timed out: counted as failing
     metrics[f"{pb}/s_per_molecule"] = bust_s / max(n, 1)
     metrics.update(strain_metrics(rows, ss, strain_under, rmsd_under))
     metrics[f"{ss}/protocol"] = (f"{label(str(rows[0]['force_field'])) if rows else label(settings.force_field)}, "
