@@ -452,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Libraries' deprecation notices about their own internals (torch.jit.script inside lpips and
     # torch-geometric) are not the user's business and would break the one-line error contract.
-    warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.script` is deprecated",
+                            module=r"torch\.jit\._script")
     try:
         from .adapter import load_adapter
 

@@ -35,9 +35,26 @@ def persistent_compile_cache() -> Path:
     # value counts as unset, or the cache would stay in /tmp (found when a 2-hour run's graphs landed there)
     if given is None or os.path.abspath(given) == os.path.abspath(default_cache_dir()):
         os.environ[COMPILE_CACHE_ENV] = str(cache_root() / "torch-compile")
+    _quiet_cuda_home_note()
     inductor_config.fx_graph_cache = True  # both on by default in torch 2.14; stated, not assumed
     functorch_config.enable_autograd_cache = True
     return Path(os.environ[COMPILE_CACHE_ENV])
+
+
+def _quiet_cuda_home_note() -> None:
+    """Drop one known log line of a CPU compile, ``No CUDA runtime is found, using CUDA_HOME=...``: torch's
+    C++ extension helper logs it while inductor builds CPU kernels, where CUDA plays no part."""
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    if not any(getattr(f, "unite_sci", False) for f in log.filters):
+        class Filter(logging.Filter):
+            unite_sci = True
+
+            def filter(self, record: logging.LogRecord) -> bool:
+                return not str(record.msg).startswith("No CUDA runtime is found")
+
+        log.addFilter(Filter())
 
 
 # train.compile unset (auto): compile when the run repays the first compile. Measured on a 2-core Xeon (docs/
