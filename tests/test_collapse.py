@@ -85,3 +85,24 @@ def test_diagnose_reports_collapse_and_a_stalled_run(tmp_path):
     report = {"rows": rows, "latent": {"latent_rms": 1.0}, "num_items": 2, "seed": 0, "ode_steps": 1,
               "warnings": warns}
     assert markdown(report).count("**warning**") == 2
+
+
+def test_diagnose_and_analyze_warn_about_a_run_whose_reconstruction_stalled(tmp_path, capsys):
+    from test_trainer import make_trainer
+
+    from unite_sci.analyze import run_analyze
+    from unite_sci.diagnose import run_diagnose
+
+    ckpt = make_trainer(tmp_path / "run", "train.max_steps=12").fit()["checkpoint"]
+    log = tmp_path / "run" / "metrics.jsonl"
+    assert training_rows(ckpt)  # the trainer's own log is found
+    steps = np.arange(40)
+    log.write_text("\n".join(json.dumps(r) for r in _rows(np.exp(-steps / 8), np.full(40, 0.3))))
+    capsys.readouterr()
+    analyzed = run_analyze(ckpt, out=None, num=4, progress=False)
+    diagnosed = run_diagnose(ckpt, out=None, num=4, ode_steps=1, progress=False)
+    for report in (analyzed, diagnosed):
+        assert [w for w in report["warnings"] if w.startswith("reconstruction stalled")]
+    assert capsys.readouterr().err.count("warning: reconstruction stalled") == 2
+    log.unlink()
+    assert run_analyze(ckpt, out=None, num=4, progress=False)["warnings"] == []

@@ -32,7 +32,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .diagnose import masked_mse, one_shot
+from . import collapse
+from .diagnose import health_warnings, masked_mse, one_shot, training_rows
 from .similarity import BINS, Alignment, histogram_entropy
 
 TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -204,6 +205,10 @@ def run_analyze(checkpoint: str, out: str | None = "runs/analyze", num: int = 30
               "condition": "null in both passes", "alignment": res["alignment"], "reconstruction": recon,
               "entropy_totals": entropy_totals(weights), "wall_s": round(time.time() - t0, 1),
               **provenance(loaded)}
+    # analyze draws no samples: of the collapse checks only the training log's applies (a stalled decoder)
+    report["warnings"] = health_warnings({}, training_rows(checkpoint))
+    for line in report["warnings"]:
+        collapse.warn(line)
     if folder is not None:
         write_text(to_csv(res["alignment"]), folder / "alignment.csv")
         write_text(to_csv(recon), folder / "reconstruction.csv")
@@ -237,6 +242,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['num_items']} test items, seed {report['seed']}, checkpoint sha256 "
              f"{report.get('checkpoint_sha256', '?')}; {report['cka']}; condition {report['condition']}.", "",
              *[f"Note: {n}.\n" for n in report.get("notes", [])],
+             *[f"**Warning**: {w}.\n" for w in report.get("warnings", [])],
              "## Alignment of tokenization and denoising activations: CKA / cosine", "",
              "| layer | " + " | ".join(f"t={t:g}" for t in times) + " |", "|---" * (len(times) + 1) + "|"]
     cell = {(r["layer"], r["t"]): f"{r['cka']:.3f} / {r['cosine']:.3f}" for r in report["alignment"]}
