@@ -419,9 +419,10 @@ class Trainer:
             where = f"; graphs cached in {persistent_compile_cache()}" if self.compiled else ""
             print(f"compile: {'on' if self.compiled else 'off'} ({self.compile_why}){where}", file=sys.stderr,
                   flush=True)
-            for path in repair_compile_cache(persistent_compile_cache()) if self.compiled else ():
-                print(f"compile: removed a truncated cache entry (a killed compile's): '{path}'; it is rebuilt",
-                      file=sys.stderr, flush=True)
+            broken = repair_compile_cache(persistent_compile_cache()) if self.compiled else []
+            if broken:  # one line, however many a killed compile left
+                print(f"compile: removed {len(broken)} truncated cache file(s) a killed compile left (e.g. "
+                      f"'{broken[0]}'); they are rebuilt", file=sys.stderr, flush=True)
         # A budget run counts seconds (total and ETA known); a step-limited run counts steps.
         timed = bool(t.budget_minutes) and not t.max_steps
         bar = tqdm(total=round(60 * t.budget_minutes) if timed else (t.max_steps or None),
