@@ -56,6 +56,11 @@ def test_fashion_mnist_uses_the_shipped_network_whatever_the_training_subset(cac
     assert reference.shape == (500, 128)  # the adapter's own training images, scored by the shipped net
     assert clf.test_accuracy > 0.85 and clf.chance == pytest.approx(0.1, abs=0.02) and not clf.near_chance
     assert not any(cache.rglob("*smallcnn*.pt"))  # nothing trained or copied per machine
+    # the shipped network's features of its own training split are cached too, never beside the shipped file
+    train = a.build_splits()["train"]
+    clf_mod.reference_features(clf, train, name=clf.name)
+    assert [p.name for p in feature_net.PATH.parent.iterdir()] == [feature_net.PATH.name]
+    assert len(list(cache.rglob("*.features.npz"))) == 2
     assert not feature_net.applies(a.cfg.__class__(classifier_epochs=3), 1)  # another recipe trains its own
 
 

@@ -99,6 +99,7 @@ class Classifier:
     test_name: str                 # which test images that accuracy is measured on
     meta: dict[str, Any] = field(default_factory=dict)  # train seconds, image counts, torch version
     chance: float | None = None    # accuracy of always guessing the test split's most common class
+    shipped: bool = False          # a file of the package (feature_net.py): nothing is ever written beside it
 
     @property
     def description(self) -> str:
@@ -259,6 +260,8 @@ def reference_features(clf: Classifier, train: Dataset, cache_dir: str | Path | 
     ``name``: the split's images (``ImageAdapter.data_name``) when they are not the classifier's own training
     images (the shipped network scores any Fashion-MNIST split); cached under the cache root, never beside a
     shipped file."""
+    if clf.shipped and cache_dir is None:
+        cache_dir = cache_root() / "classifiers"
     if name is None or name == clf.name:
         path = clf.path.with_suffix(".features.npz") if cache_dir is None else Path(cache_dir) / (
             clf.path.stem + ".features.npz")

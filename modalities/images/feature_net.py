@@ -79,7 +79,7 @@ def classifier(test: Any, test_name: str, path: Path | None = None) -> Classifie
     clf = Classifier(net, RECIPE, meta["train_name"], path, float("nan"), test_name, meta)
     clf.test_accuracy = (float(meta["test_accuracy"]) if meta["test_name"] == test_name
                          else clf.accuracy(*as_arrays(test)))
-    clf.chance = chance_accuracy(test.labels)
+    clf.chance, clf.shipped = chance_accuracy(test.labels), True
     return clf
 
 
