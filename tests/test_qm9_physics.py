@@ -122,3 +122,22 @@ def test_sdf_records_carry_their_verdicts(real: list, tmp_path: Path) -> None:
     assert Chem.CanonSmiles(Chem.MolToSmiles(read)) == Chem.CanonSmiles(good.GetProp("smiles"))
     valid = list(Chem.SDMolSupplier(str(tmp_path / "valid.sdf"), removeHs=False))  # RDKit's defaults: sanitised
     assert len(valid) == 1 and valid[0] is not None and valid[0].GetProp("_Name") == "0"
+
+
+@pytest.mark.parametrize("modality", ["qm9", "molecules"])
+def test_both_molecule_modalities_have_the_switch(modality: str) -> None:
+    from unite_sci.engine import load_config, make_adapter
+    from unite_sci.errors import ConfigError
+    from unite_sci.physics import has_physics
+
+    adapter = make_adapter(load_config(modality, overrides=["data.physics=true", "data.force_field=gfn2_xtb"]))
+    assert has_physics(adapter) and adapter.cfg.physics and adapter.relax_settings().force_field == "gfn2_xtb"
+    with pytest.raises(ConfigError, match="mmff94, gfn2_xtb"):
+        load_config(modality, overrides=["data.force_field=uff"])
+
+
+def test_gfn2_xtb_relaxes_a_distorted_molecule(real: list) -> None:
+    pytest.importorskip("tblite.interface", reason="GFN2-xTB needs the optional tblite package")
+    z, pos = real[0]
+    res = relax_molecule(z, pos + np.random.default_rng(0).normal(0, 0.1, pos.shape), RelaxSettings("gfn2_xtb"))
+    assert res.error == "" and res.converged and res.strain > 20.0
