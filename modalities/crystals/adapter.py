@@ -102,6 +102,14 @@ class CrystalConfig:
                                         # and/or chemsys (a set of elements); see conditioning.py
     coverage: bool = False              # COV-R / COV-P (CDVAE, matminer) against the wasserstein_reference
                                         # crystals: about 0.1 s per crystal for the fingerprints
+    physics: bool = False               # evaluate: CHGNet relaxation (unless the folder came from `relax`),
+                                        # energy above the hull, S.U.N.: tens of CPU-seconds per crystal
+    relax_optimizer: str = one_of("FIRE", ("FIRE", "BFGS", "LBFGS", "BFGSLineSearch"))  # CHGNet's
+                                        # StructOptimizer (ASE) optimiser
+    relax_fmax: float = positive(0.1)   # eV/A: converged below this largest force
+    relax_steps: int = positive(500)    # optimiser steps at most
+    relax_cell: bool = True             # relax the lattice as well as the positions
+    relax_time_limit_s: float = positive(600.0)  # per crystal; past it the crystal counts as not relaxed
 
     def constraints(self) -> Iterator[tuple[str, str]]:
         if self.oxidation_states not in OXIDATION_SETS and not Path(self.oxidation_states).is_file():
@@ -456,6 +464,18 @@ class CrystalAdapter(AdapterBase):
         return [cdata.CrystalItem(np.array([s.specie.Z for s in st], dtype=np.int64), np.mod(st.frac_coords, 1.0),
                                   np.array(st.lattice.abc), np.array(st.lattice.angles), name)
                 for st, name in zip(found.structures, found.names)]
+
+    def relax(self, samples: list, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+        """CHGNet relaxation (unite_sci/physics.py contract; stability.py)."""
+        from .stability import relax_samples
+
+        return relax_samples(self, samples, Path(out_dir), progress)
+
+    def physics(self, samples: list, source: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Energy above the hull, stable / metastable / S.U.N. shares, symmetry before and after relaxation."""
+        from .stability import evaluate_physics
+
+        return evaluate_physics(self, samples, Path(source))
 
     def state_dict(self) -> dict[str, Any]:
         return {"atom_count_distribution": self.count_dist.clone(), "lattice_mean": self.lattice_mean.clone(),
