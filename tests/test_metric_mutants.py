@@ -99,3 +99,18 @@ def test_a_duplicate_molecule_halves_both_uniqueness_metrics():
     out = metrics.evaluate_generation([z, z[k]], [pos, pos[k]], None, workers=1, progress=False)
     assert out["canonical/validity"] == 100.0 and out["canonical/uniqueness"] == 50.0
     assert out["adit/validity"] == 100.0 and out["adit/uniqueness"] == 50.0
+
+
+# ------------------------------------------------------------------------------------------------- images
+
+
+def test_a_point_on_a_manifold_boundary_counts_as_inside():
+    """Mutant I2 (``d < radius``): Kynkäänniemi et al. count a ball's boundary as inside; on integer points
+    the distances are exact, so ties really happen. Real points 0..4 (k = 1: radius 1 each); fake points
+    5, 10, 20 (radii 5, 5, 10). The fake 5 lies on the ball of the real 4; the real 0 on the ball of the fake 5."""
+    from unite_sci_modalities.images.domain import precision_recall
+
+    real = np.arange(5, dtype=np.float64)[:, None]
+    fake = np.array([[5.0], [10.0], [20.0]])
+    precision, recall = precision_recall(real, fake, k=1)
+    assert precision == pytest.approx(1 / 3) and recall == 1.0
