@@ -114,3 +114,29 @@ def test_a_point_on_a_manifold_boundary_counts_as_inside():
     fake = np.array([[5.0], [10.0], [20.0]])
     precision, recall = precision_recall(real, fake, k=1)
     assert precision == pytest.approx(1 / 3) and recall == 1.0
+
+
+class _FixedClassifier:
+    """Features and predictions fixed in advance: the verdict of ``domain.score`` alone is under test."""
+
+    def __init__(self, features: np.ndarray, predictions: np.ndarray):
+        self.features, self.predictions = features, predictions
+
+    def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.features, self.predictions
+
+    def summary(self) -> dict:
+        return {}
+
+
+def test_class_agreement_counts_labelled_samples_only():
+    """Mutant I8 (unlabelled samples counted as disagreeing): three labelled samples, two classified as asked,
+    and three samples without a label (-1)."""
+    from unite_sci_modalities.images import domain
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 1, 4, 4), dtype=np.uint8)
+    labels = np.array([0, 1, 2, -1, -1, -1])
+    clf = _FixedClassifier(rng.normal(size=(6, 3)), np.array([0, 1, 0, 0, 0, 0]))
+    out = domain.score(images, labels, clf, rng.normal(size=(50, 3)), "x")
+    assert out["images/class_agreement"] == pytest.approx(2 / 3) and out["domain_labelled_samples"] == 3
