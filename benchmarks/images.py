@@ -47,8 +47,10 @@ PROTOCOL = """
 - Data: {dataset} ({splits}); images brought to {size} x {size} px by fit={fit} (pad: zero borders, pixels
   untouched), {channels} channel(s); patch {patch} -> {tokens} patch tokens and {tokens} registers (an {side} x {side} latent grid of {latent} channels).
 - Decision metrics: {num} class-balanced samples (label i % 10) in the features of the data set's own classifier
-  ({classifier}; test accuracy {accuracy}; trained once on the training split, cached): {fd} = Fréchet distance
-  to the features of all {fd_ref} training images; precision / recall (Kynkäänniemi et al. 2019, k = {k}) against
+  ({classifier}; test accuracy {accuracy}; shipped for Fashion-MNIST, modalities/images/feature_net.py, else
+  trained once on the training split and cached): {fd} = Fréchet distance to the features of all {fd_ref}
+  training images, with a 95 % bootstrap interval over the samples ({fd}_ci95); a row is marked best only where
+  its interval separates from every other row's ("tied" where they overlap); precision / recall (Kynkäänniemi et al. 2019, k = {k}) against
   {pr_ref} seeded training images (equal counts, as in the paper); class_agreement = share of samples the classifier
   assigns to the requested class; pixel_diversity = mean within-class pairwise L2 distance, pixels in [0, 1].
   The "Data" row (real test images at the same count) is each metric's floor: its class_agreement is the

@@ -1,9 +1,11 @@
 """A small CNN classifier per image data set: the feature space of the image modality's domain metrics.
 
 Inception runs at a few images per second on these CPUs, so its FID cannot score thousands of samples per run
-(see ``fid.py``). Instead each data set gets its own classifier, trained once on its training split (seeded,
-a couple of minutes on one thread for Fashion-MNIST) and cached under the toolkit's cache root, keyed by the
-exact training images (``ImageAdapter.data_name``) and the recipe. Its penultimate layer (``Recipe.features``
+(see ``fid.py``). Instead each data set gets its own classifier. Fashion-MNIST's ships with the package
+(``feature_net.py``: the same network on every machine); any other data set's is trained once on its training
+split (seeded, a couple of minutes on one thread) and cached under the toolkit's cache root, keyed by the exact
+training images (``ImageAdapter.data_name``) and the recipe, and its test accuracy is printed, with a warning
+when it is near chance (:func:`report_accuracy`). Its penultimate layer (``Recipe.features``
 wide, 128 by default) gives the Fréchet distance and the precision / recall of ``domain.py``; its arg-max
 gives the class agreement of class-conditional samples. Its test accuracy travels with every score: a
 feature space is only as good as the classifier behind it.
