@@ -298,7 +298,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_relax(args: argparse.Namespace) -> None:
     from .files import json_ready
-    from .physics import relax_path
+    from .engine import relax_path
 
     summary = relax_path(args.samples, args.out, args.modality, list(args.overrides))
     print(json.dumps(json_ready({k: v for k, v in summary.items() if not isinstance(v, dict)}), indent=2))

@@ -207,6 +207,35 @@ def requested_condition(samples: Path) -> dict[str, Any]:
     return condition if isinstance(condition, dict) else {}
 
 
+def relax_path(samples: str, out: str, modality: str | None = None, overrides: list[str] = (),
+               progress: bool = True) -> dict[str, Any]:
+    """CLI ``relax``: read samples (any format ``evaluate`` reads), relax them into ``out`` with the
+    modality's tool; returns the summary also written to ``out/relax_meta.json``."""
+    from .physics import RELAX_META, modality_of, require_physics
+
+    src = Path(samples)
+    if not src.exists():
+        raise UserError(f"samples path '{src}' does not exist")
+    modality = modality or modality_of(src)
+    if not modality:
+        raise UserError(f"cannot tell the modality of '{src}' (no samples_meta.json beside it): pass --modality")
+    adapter = make_adapter(load_config(modality, overrides=list(overrides)))
+    require_physics(adapter)
+    objs = adapter.load_samples(src)
+    if not objs:
+        raise UserError(f"no samples in '{src}'")
+    out_dir = Path(out)
+    if out_dir.resolve() == (src if src.is_dir() else src.parent).resolve():
+        raise UserError("--out must differ from the samples' folder (the relaxed samples would replace them)")
+    (out_dir / RELAX_META).unlink(missing_ok=True)  # unfinished until the summary is written again
+    t0 = time.time()
+    summary = adapter.relax(objs, out_dir, progress=progress)
+    summary = {"modality": modality, "samples": str(src), "num_samples": len(objs),
+               "wall_s": round(time.time() - t0, 2), **summary, **provenance()}
+    write_json(summary, out_dir / RELAX_META)
+    return summary
+
+
 def class_condition(adapter: Adapter, num: int, condition: dict[str, Any] | int | None) -> torch.Tensor | None:
     """Labels (num,) for ``condition``'s class (``{"class": 3}`` or ``3``), None for none; one-line errors.
 

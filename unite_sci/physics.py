@@ -14,7 +14,7 @@ A modality with physics implements two adapter methods (optional parts of the Pr
         samples were read from; when it was written by ``relax`` its ``relax.csv`` is used, else the
         adapter relaxes first.
 
-``unite-sci relax`` calls :func:`relax_path`; ``evaluate ... data.physics=true`` calls :func:`physics_metrics`.
+``unite-sci relax`` calls ``engine.relax_path``; ``evaluate ... data.physics=true`` calls :func:`physics_metrics`.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
-from .files import atomic_write, write_json
+from .files import atomic_write
 
 RELAX_META = "relax_meta.json"  # written last by relax: its presence marks a finished relaxed folder
 RELAX_CSV = "relax.csv"
@@ -99,35 +99,6 @@ def join_columns(per_sample_csv: str | Path, rows: list[dict[str, Any]]) -> None
     if old and len(old) != len(rows):
         raise UserError(f"'{path}' has {len(old)} rows, the physics checks {len(rows)}: cannot join them")
     write_rows(path, [{**a, **b} for a, b in zip(old, rows)] if old else rows)
-
-
-def relax_path(samples: str, out: str, modality: str | None = None, overrides: list[str] = (),
-               progress: bool = True) -> dict[str, Any]:
-    """CLI ``relax``: read samples (any format ``evaluate`` reads), relax them into ``out`` with the
-    modality's tool; returns the summary also written to ``out/relax_meta.json``."""
-    from .engine import load_config, make_adapter, provenance
-
-    src = Path(samples)
-    if not src.exists():
-        raise UserError(f"samples path '{src}' does not exist")
-    modality = modality or modality_of(src)
-    if not modality:
-        raise UserError(f"cannot tell the modality of '{src}' (no samples_meta.json beside it): pass --modality")
-    adapter = make_adapter(load_config(modality, overrides=list(overrides)))
-    require_physics(adapter)
-    objs = adapter.load_samples(src)
-    if not objs:
-        raise UserError(f"no samples in '{src}'")
-    out_dir = Path(out)
-    if out_dir.resolve() == (src if src.is_dir() else src.parent).resolve():
-        raise UserError("--out must differ from the samples' folder (the relaxed samples would replace them)")
-    (out_dir / RELAX_META).unlink(missing_ok=True)  # unfinished until the summary is written again
-    t0 = time.time()
-    summary = adapter.relax(objs, out_dir, progress=progress)
-    summary = {"modality": modality, "samples": str(src), "num_samples": len(objs),
-               "wall_s": round(time.time() - t0, 2), **summary, **provenance()}
-    write_json(summary, out_dir / RELAX_META)
-    return summary
 
 
 def physics_metrics(adapter: Any, samples: list[Any], source: Path, per_sample_csv: str | None) -> dict[str, Any]:
