@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ from typing import Any, Callable, Optional
 from unite_sci.checkpoint import load_checkpoint
 from unite_sci.config import parse_options
 from unite_sci.engine import provenance
-from unite_sci.errors import UserError
+from unite_sci.errors import Interrupted, UserError
 from unite_sci.protocol import fmt, run_protocol, write_report
 from unite_sci.schema import non_negative, positive, ranged
 
@@ -208,6 +209,50 @@ def _launch(modality: str, job: dict[str, Any], threads: int) -> subprocess.Pope
     return subprocess.Popen([sys.executable, "-m", "unite_sci_benchmarks.study", modality, json.dumps(job)], env=env)
 
 
+def _run_jobs(modality: str, name: str, pending: list[dict], running: list[tuple[dict, subprocess.Popen]],
+              failed: list[str], jobs_at_once: int, threads: int, steps: int) -> None:
+    """Start ``pending`` jobs ``jobs_at_once`` at a time (a job whose source run is unfinished waits) until all
+    ended; ``running`` and ``failed`` are the caller's, so that it can stop the running ones on a signal."""
+    while pending or running:
+        ready = [j for j in pending if j["source"] is None or _trained(Path(j["source"]), j["budget"], steps)]
+        while ready and len(running) < jobs_at_once:
+            job = ready.pop(0)
+            pending.remove(job)
+            print(f"[{name}] start {job['tag']}", flush=True)
+            running.append((job, _launch(modality, job, threads)))
+        if not running and pending:
+            raise UserError(f"{pending[0]['tag']}: its source run {pending[0]['source']} never finished training")
+        time.sleep(2)
+        for job, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((job, proc))
+                print(f"[{name}] {job['tag']} finished (rc {proc.returncode})", flush=True)
+                if proc.returncode != 0:
+                    failed.append(job["tag"])
+                    pending = [j for j in pending if j["source"] != job["run"]]  # they would wait forever
+
+
+def _stop_jobs(procs: list[subprocess.Popen], own_stop_s: float = 0.0, grace_s: float = 10.0) -> None:
+    """End every job: those that have not stopped by themselves within ``own_stop_s`` seconds get SIGTERM
+    (each says what it stopped, :func:`_job_main`), and SIGKILL ``grace_s`` seconds later."""
+    deadline = time.monotonic() + own_stop_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def study(modality: str, name: str, candidates: dict[str, tuple[list[str], str]], out: str,
           budgets: list[float], num: int, overrides: list[str],
           extra: Callable[[], list[tuple[str, str]]] | None = None) -> Path:
@@ -271,23 +316,13 @@ def run_study(modality: str, name: str, candidates: dict[str, tuple[list[str], s
         pending = []
     running: list[tuple[dict, subprocess.Popen]] = []
     failed: list[str] = []
-    while pending or running:
-        ready = [j for j in pending if j["source"] is None or _trained(Path(j["source"]), j["budget"], steps)]
-        while ready and len(running) < jobs_at_once:
-            job = ready.pop(0)
-            pending.remove(job)
-            print(f"[{name}] start {job['tag']}", flush=True)
-            running.append((job, _launch(modality, job, threads)))
-        if not running and pending:
-            raise UserError(f"{pending[0]['tag']}: its source run {pending[0]['source']} never finished training")
-        time.sleep(2)
-        for job, proc in list(running):
-            if proc.poll() is not None:
-                running.remove((job, proc))
-                print(f"[{name}] {job['tag']} finished (rc {proc.returncode})", flush=True)
-                if proc.returncode != 0:
-                    failed.append(job["tag"])
-                    pending = [j for j in pending if j["source"] != job["run"]]  # they would wait forever
+    try:
+        _run_jobs(modality, name, pending, running, failed, jobs_at_once, threads, steps)
+    except BaseException as e:  # Ctrl-C, the CLI's Interrupted on SIGTERM: no job may outlive the study
+        # a terminal's Ctrl-C reached every job too (one process group): each first gets time to save
+        code = getattr(e, "exit_code", 128 + signal.SIGINT) if isinstance(e, KeyboardInterrupt) else None
+        _stop_jobs([proc for _, proc in running], own_stop_s=10.0 if code == 128 + signal.SIGINT else 0.0)
+        raise
     if failed:
         raise UserError(f"study jobs failed: {', '.join(failed)} (their messages are above); finished jobs "
                         "are kept, rerun the same command after fixing the cause")
@@ -439,6 +474,9 @@ def _job_main(modality: str, job_json: str) -> None:
     except UserError as e:  # a user mistake is one line, as everywhere else
         print(f"error: {job['tag']}: {e}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:  # one line, as the CLI prints it; the exit status names the signal
+        print(f"interrupted: {job['tag']}: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":
