@@ -50,7 +50,7 @@ def _dft_hull(files: list[Path]) -> dict[str, float]:
 def run(out: str, budget_minutes: float | None = None, num_samples: int | None = None,
         checkpoint: str | None = None, overrides: list[str] = ()) -> Path:
     from unite_sci_modalities.crystals import physics as cphys
-    from unite_sci_modalities.crystals.hull import METASTABLE, PROTOCOL, References
+    from unite_sci_modalities.crystals.hull import METASTABLE, PROTOCOL, STABLE, References
     from unite_sci_modalities.crystals.stability import hull_files, load_hull
 
     if checkpoint or budget_minutes:
@@ -90,13 +90,16 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
         good = np.isfinite(e)
         return {"row": name, "n": int(good.sum()),
                 "mae_vs_dft": round(float(np.mean(np.abs(e[good] - truth[good]))), 4) if good.any() else None,
+                "median_abs_err": round(float(np.median(np.abs(e[good] - truth[good]))), 4) if good.any() else None,
                 "median_e_hull": round(float(np.median(e[good])), 4) if good.any() else None,
+                "stable_pct": round(100 * float(np.mean(e[good] <= STABLE)), 1) if good.any() else None,
                 "metastable_pct": round(100 * float(np.mean(e[good] <= METASTABLE)), 1) if good.any() else None}
 
     table = [row("real test crystals, CHGNet-relaxed (floor)", eh),
              row(f"same crystals, {opts.noise} A noise, unrelaxed (must fail)", eh_noisy),
              {"row": "DFT e_above_hull of the same crystals (Materials Project hull)", "n": len(truth),
               "median_e_hull": round(float(np.median(truth)), 4),
+              "stable_pct": round(100 * float(np.mean(truth <= STABLE)), 1),
               "metastable_pct": round(100 * float(np.mean(truth <= METASTABLE)), 1)}]
     out_dir = Path(out)
     write_rows(out_dir / "relax.csv", [{"material_id": i, **{k: v for k, v in r.items() if k != "arrays"},
@@ -110,8 +113,8 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
             f"{sum(bool(r['converged']) for r in rows)} of {len(rows)} converged; "
             f"{sum(not r['error'] for r in rows)} relaxed without error")
     text = (f"Protocol \"{PROTOCOL}\": hull of {len(hull)} DFT formation energies (train + val rows only), "
-            f"{refs.meta.get('summary', '')}.\n\n" + markdown_table(table, ["row", "n", "mae_vs_dft", "median_e_hull",
-                                                                           "metastable_pct"])
+            f"{refs.meta.get('summary', '')}.\n\n" + markdown_table(table, ["row", "n", "mae_vs_dft", "median_abs_err",
+                                                                           "median_e_hull", "stable_pct", "metastable_pct"])
             + f"\n{cost}\n\nEnergies in eV/atom. Unknown E_hull (an element without a reference): {int((~ok).sum())}.")
     write_report(out_dir, "MP-20 hull check on real test crystals", [("Rows", text)],
                  {"rows": table, "cost": cost, "options": vars(opts), "relax_settings": vars(settings),

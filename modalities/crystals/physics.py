@@ -181,7 +181,7 @@ def plot_e_hull(series: dict[str, np.ndarray], path: Path) -> Path:
                     label=f"{label} (n={len(e)}, median {np.median(e):.3f})")
     for x, name in ((STABLE, "stable"), (METASTABLE, "metastable")):
         ax.axvline(x, color="k", lw=0.8, ls="--")
-        ax.text(x, ax.get_ylim()[1] * 0.95, f" {name}", fontsize=7, va="top")
+        ax.text(x, ax.get_ylim()[1] * 0.95, f" {name}", fontsize=7, va="top", rotation=90)
     ax.set_xlabel(f"energy above hull, eV/atom ({PROTOCOL}; clipped to [-0.3, 1.5])")
     ax.set_ylabel("density")
     ax.legend(fontsize=7)
