@@ -176,7 +176,8 @@ def run(out: str, budget_minutes: float | None = None, num_samples: int | None =
         if key in results:
             rows.append(result_row(f"{name}{_at(results[key])}", results[key]))
             folder = out_p / key / "samples"  # scored as saved: the physics can be redone from the folder
-            rows[-1] = with_physics(adapter, rows[-1], adapter.load_samples(folder), folder)
+            if adapter.cfg.physics:
+                rows[-1] = with_physics(adapter, rows[-1], adapter.load_samples(folder), folder)
             for part in sorted(k for k in results[key] if k.startswith("generation_temperature_")):
                 rows.append({"method": f"{name}, temperature {part.rsplit('_', 1)[1]}", **results[key][part]})
     rows += real_rows(opts.sanity, config)

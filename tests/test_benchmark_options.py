@@ -77,7 +77,7 @@ def test_qm9_report_of_a_checkpoint_states_its_own_training(tmp_path, monkeypatc
             "sampling": {"num_samples": 4, "solver": "heun", "steps": 10, "seed": 0, "samples_per_s": 1.0},
             "train_steps": 1234, "train_wall_s": 567.8, "machine": {"processor": "x86_64", "torch_threads": 2}}
     monkeypatch.setattr(qm9, "run_protocol", lambda *a, **k: fake)
-    monkeypatch.setattr(qm9, "sanity_row", lambda *a, **k: {"method": "Data"})
+    monkeypatch.setattr(qm9, "sanity_rows", lambda *a, **k: [{"method": "Data"}])
     report = qm9.run(str(tmp_path), num_samples=4, checkpoint="ckpt.pt").read_text()
     line = next(x for x in report.splitlines() if x.startswith("- Budget"))
     assert "1234 steps in 568 s" in line and "ckpt.pt" in line and "x86_64" in line and "30.0" not in line
@@ -91,7 +91,7 @@ def test_qm9_sanity_zero_leaves_out_the_real_data_row(tmp_path, monkeypatch):
             "sampling": {"num_samples": 4, "solver": "heun", "steps": 10, "seed": 0, "samples_per_s": 1.0},
             "train_steps": 12, "train_wall_s": 5.0, "machine": {"processor": "x86_64", "torch_threads": 2}}
     monkeypatch.setattr(qm9, "run_protocol", lambda *a, **k: fake)
-    monkeypatch.setattr(qm9, "sanity_row", lambda num, *a: {"method": f"SANITY ROW {num}"})
+    monkeypatch.setattr(qm9, "sanity_rows", lambda num, *a: [{"method": f"SANITY ROW {num}"}])
     report = qm9.run(str(tmp_path / "a"), num_samples=4, checkpoint="c.pt", overrides=["sanity=0"]).read_text()
     assert "SANITY ROW" not in report
     report = qm9.run(str(tmp_path / "b"), num_samples=4, checkpoint="c.pt", overrides=["sanity=7"]).read_text()

@@ -9,7 +9,8 @@ import pytest
 from rdkit import Chem
 
 from unite_sci.engine import evaluate_path
-from unite_sci.physics import RELAX_CSV, read_rows, relax_path, write_rows
+from unite_sci.engine import relax_path
+from unite_sci.physics import RELAX_CSV, read_rows, write_rows
 from unite_sci_modalities.qm9 import physics, render
 from unite_sci_modalities.qm9.data import load_qm9
 from unite_sci_modalities.qm9.forcefield import RelaxSettings, relax_molecule
