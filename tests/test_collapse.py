@@ -106,3 +106,16 @@ def test_diagnose_and_analyze_warn_about_a_run_whose_reconstruction_stalled(tmp_
     assert capsys.readouterr().err.count("warning: reconstruction stalled") == 2
     log.unlink()
     assert run_analyze(ckpt, out=None, num=4, progress=False)["warnings"] == []
+
+
+def test_the_end_of_a_run_warns_when_its_log_shows_a_stalled_reconstruction(tmp_path, capsys):
+    import json
+
+    from unite_sci.collapse import stalled_warning
+
+    log = tmp_path / "metrics.jsonl"
+    rows = [{"step": i, "flow": 1.0 / (1 + i), "rec": 0.5} for i in range(60)]
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert stalled_warning(log) and "reconstruction stalled" in capsys.readouterr().err
+    log.write_text("\n".join(json.dumps({**r, "rec": 0.5 / (1 + r["step"])}) for r in rows) + "\n")
+    assert stalled_warning(log) is None and capsys.readouterr().err == ""

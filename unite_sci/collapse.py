@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -102,3 +103,22 @@ def warn(message: str | None) -> None:
     """Print ``warning: <message>`` on stderr (nothing for None)."""
     if message:
         print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def stalled_warning(metrics_jsonl: str | Path) -> str | None:
+    """:func:`reconstruction_stalled` over a run's logged rows (``metrics.jsonl``), warned on stderr; returns
+    the line (None when the run is fine or has too few rows)."""
+    import json
+
+    path = Path(metrics_jsonl)
+    if not path.is_file():
+        return None
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    message = reconstruction_stalled(rows)
+    warn(message)
+    return message

@@ -47,6 +47,7 @@ from .config import RunConfig, to_yaml
 from .errors import Interrupted, UserError
 from .generation import generate
 from .optim import EMA, FiniteGuard, build_optimizers, lr_at
+from .collapse import stalled_warning
 from .plots import plot_losses
 from .runlog import RunLog
 from .stopping import StopSignals, signal_name, stop_at_once
@@ -491,6 +492,7 @@ class Trainer:
         path = self.save()
         if self.rank == 0:
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
+            stalled_warning(self.out / "metrics.jsonl")  # a falling flow loss alone says nothing about samples
         return {"steps": self.step, "elapsed_s": self.elapsed, "data_prep_s": self.data_prep_s,
                 "sample_wall_s": round(self.sample_wall_s, 2),
                 # how the run's wall time was spent; train.budget_minutes counts "training" only
