@@ -199,7 +199,7 @@ class InitFromConfig:
     source: str = ""                    # a shipped model's name or a checkpoint's path, as given
     sha256: str = ""                    # of the parent's file
     steps: int = 0                      # the parent's training steps
-    modality: str = ""                  # the parent's modality (may differ from the run's: qm9 -> molecules)
+    modality: str = ""                  # the parent's modality (may differ from the run's)
 
 
 @dataclass

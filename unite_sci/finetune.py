@@ -1,6 +1,6 @@
 """Fine-tuning: a run that starts from a trained model (``unite-sci train --init-from NAME_OR_CHECKPOINT``).
 
-    cfg = load_config("molecules", overrides=["data.data_dir=my.sdf", "init_from.source=qm9", ...])
+    cfg = load_config(MODALITY, overrides=["data.data_dir=my_data", "init_from.source=SHIPPED_NAME", ...])
     summary = train(cfg)       # engine.train: child_config, then inherit_weights before the first step
 
 What the child takes from its parent (a shipped model by name, or any checkpoint):
