@@ -283,3 +283,18 @@ def test_a_compile_after_inductor_was_imported_writes_into_the_cache_root(tmp_pa
     assert out.returncode == 0 and out.stdout.strip().endswith("12.0"), out.stderr[-2000:]
     written = [p for p in (tmp_path / "root" / "torch-compile").rglob("*") if p.is_file()]
     assert written, "nothing was written under the cache root"
+
+
+def test_the_cpu_budget_clock_counts_this_process_cpu_seconds(tmp_path):
+    import time
+
+    from unite_sci.config import TrainConfig
+
+    assert TrainConfig().budget_clock == "wall"
+    from unite_sci.engine import load_config, make_adapter
+    from unite_sci.trainer import Trainer
+
+    for clock, fn in (("cpu", time.process_time), ("wall", time.perf_counter)):
+        cfg = load_config("toy", overrides=["train.max_steps=1", f"train.budget_clock={clock}", "train.compile=false"])
+        trainer = Trainer(cfg, make_adapter(cfg), tmp_path / clock)
+        assert trainer.clock is fn
