@@ -273,6 +273,39 @@ def _pct(x: float, n: int) -> float:
     return percent(x, n, digits=4)  # four decimals: more than the published tables, less than float noise
 
 
+def unique_novel(arrays: Sequence[Any], members: Sequence[int], train: Sequence[Any] | None, workers: int,
+                 time_limit_s: float | None, progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """StructureMatcher groups among ``arrays[members]`` (composition by composition: groups never cross
+    one) and novelty of each group's first member against ``train``. Returns (group index per item, -1 for
+    none; per item 1 / 0 on a group's first member when ``train`` is given, else ""; failure messages)."""
+    n = len(arrays)
+    groups: dict[str, list[int]] = {}
+    for i in members:
+        groups.setdefault(_formula(arrays[i]), []).append(int(i))
+    train_by_formula: dict[str, list[Arrays]] = {}
+    for a in (to_arrays(x) for x in (train or [])):
+        if not isinstance(a, str) and len(a[0]) and (a[0] >= 1).all() and (a[0] <= MAX_Z).all():
+            train_by_formula.setdefault(_formula(a), []).append(a)
+    tasks = [([arrays[i] for i in idx], train_by_formula.get(f, [])) for f, idx in groups.items()]
+    tol = (MATCHER["stol"], MATCHER["ltol"], MATCHER["angle_tol"])
+    outs = parallel_map(partial(_group_task, tol=tol, time_limit_s=time_limit_s), tasks, workers, None,
+                        desc="unique/novel", progress=progress)
+    group_of = np.full(n, -1)
+    novel = np.zeros(n, dtype=object)
+    novel[:] = ""
+    next_group, failures = 0, []
+    for (f, idx), o in zip(groups.items(), outs):
+        r = o.value or {"labels": [-1] * len(idx), "novel": [], "failures": [o.error]}
+        failures += r["failures"]
+        for i, lab in zip(idx, r["labels"]):
+            group_of[i] = next_group + lab if lab >= 0 else -1
+        for g, is_novel in enumerate(r["novel"]):
+            first = idx[r["labels"].index(g)]
+            novel[first] = int(is_novel) if train is not None else ""
+        next_group += len(r["novel"])
+    return group_of, novel, failures
+
+
 def evaluate_generation(structures: Sequence[Any], train: Sequence[Any] | None = None,
                         per_sample_csv: str | Path | None = None, workers: int = 1, *,
                         reference: Sequence[Any] | None = None, protocol: str = "MP-20",
@@ -303,33 +336,9 @@ def evaluate_generation(structures: Sequence[Any], train: Sequence[Any] | None =
         "invalid_reasons": dict(Counter(r for r in val.reasons if r).most_common())}
 
     # uniqueness (and novelty) per composition group of valid crystals: groups never match each other
-    groups: dict[str, list[int]] = {}
-    for i in valid_idx:
-        groups.setdefault(_formula(arrays[i]), []).append(int(i))
-    train_by_formula: dict[str, list[Arrays]] = {}
-    if train is not None:
-        for a in (to_arrays(x) for x in train):
-            if not isinstance(a, str) and len(a[0]) and (a[0] >= 1).all() and (a[0] <= MAX_Z).all():
-                train_by_formula.setdefault(_formula(a), []).append(a)
-    tasks = [([arrays[i] for i in idx], train_by_formula.get(f, [])) for f, idx in groups.items()]
-    tol = (MATCHER["stol"], MATCHER["ltol"], MATCHER["angle_tol"])
-    outs = parallel_map(partial(_group_task, tol=tol, time_limit_s=time_limit_s), tasks, workers, None,
-                        desc="unique/novel", progress=progress)
-    group_of = np.full(n, -1)
-    novel = np.zeros(n, dtype=object)
-    novel[:] = ""
-    next_group, n_unique, n_novel, failures = 0, 0, 0, []
-    for (f, idx), o in zip(groups.items(), outs):
-        r = o.value or {"labels": [-1] * len(idx), "novel": [], "failures": [o.error]}
-        failures += r["failures"]
-        for i, lab in zip(idx, r["labels"]):
-            group_of[i] = next_group + lab if lab >= 0 else -1
-        for g, is_novel in enumerate(r["novel"]):
-            first = idx[r["labels"].index(g)]
-            novel[first] = int(is_novel) if train is not None else ""
-        n_unique += len(r["novel"])
-        n_novel += sum(r["novel"])
-        next_group += len(r["novel"])
+    group_of, novel, failures = unique_novel(arrays, valid_idx, train, workers, time_limit_s, progress)
+    n_unique = len(set(group_of[group_of >= 0].tolist()))
+    n_novel = int(sum(v == 1 for v in novel))
     out["unique_pct"] = _pct(n_unique, len(valid_idx))
     out["matcher_failures"] = len(failures)
     if train is not None:

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unite_sci.parallel import parallel_map
 from unite_sci.physics import RELAX_CSV, read_rows, relaxed_folder, write_rows
 
 from . import physics as cphys
 from .hull import METASTABLE, PROTOCOL, STABLE, Hull, References, read_formation_energies
-from .metrics import MATCHER, _formula, _group_task
+from .metrics import unique_novel
 from .structures import to_arrays
 from .symmetry import space_group_metrics, space_groups
 
@@ -87,31 +85,17 @@ def _item(a: Any, i: int):
 
 
 def _uniq_novel(arrays: list, train: list | None, workers: int, time_limit_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample: first of its StructureMatcher group among the samples (unique), and that group's
-    representative matches no training crystal (novel; False without ``train``)."""
-    n = len(arrays)
-    groups: dict[str, list[int]] = {}
-    for i, a in enumerate(arrays):
-        if not isinstance(a, str) and len(a[0]):
-            groups.setdefault(_formula(a), []).append(i)
-    by_formula: dict[str, list] = {}
-    for a in (to_arrays(x) for x in (train or [])):
-        if not isinstance(a, str) and len(a[0]):
-            by_formula.setdefault(_formula(a), []).append(a)
-    tasks = [([arrays[i] for i in idx], by_formula.get(f, [])) for f, idx in groups.items()]
-    tol = (MATCHER["stol"], MATCHER["ltol"], MATCHER["angle_tol"])
-    outs = parallel_map(partial(_group_task, tol=tol, time_limit_s=time_limit_s), tasks, workers, None,
-                        desc="unique/novel", progress=False)
-    unique, novel = np.zeros(n, bool), np.zeros(n, bool)
-    for (f, idx), o in zip(groups.items(), outs):
-        if o.value is None:
-            continue
-        labels = o.value["labels"]
-        for g, is_new in enumerate(o.value["novel"]):
-            first = idx[labels.index(g)]
-            unique[first] = True
-            novel[first] = bool(is_new) and train is not None
-    return unique, novel
+    """Per sample: first of its StructureMatcher group among all buildable samples (unique), and that group
+    matches no training crystal (novel; False without ``train``)."""
+    members = [i for i, a in enumerate(arrays) if not isinstance(a, str) and len(a[0])]
+    group_of, novel, _ = unique_novel(arrays, members, train, workers, time_limit_s)
+    first = np.zeros(len(arrays), bool)
+    seen: set[int] = set()
+    for i, g in enumerate(group_of):
+        if g >= 0 and g not in seen:
+            seen.add(int(g))
+            first[i] = True
+    return first, np.array([v == 1 for v in novel], bool)
 
 
 def hull_files(adapter: Any) -> list[Path]:
