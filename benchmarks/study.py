@@ -422,45 +422,10 @@ def qm9_scaling(out: str, budget_minutes: float | None = None, num_samples: int 
         raise UserError("qm9-scaling trains its own runs; it takes no --checkpoint")
     budgets = opts.minutes or [budget_minutes or 10.0, 30.0, 120.0]
     report = run_study("qm9", "qm9-scaling", SCALING, out, budgets, num_samples or 1000, opts, config)
+    from unite_sci_benchmarks.trends import plot_scaling  # it imports this module
+
     plot_scaling(Path(out) / "report.json", Path(out) / "scaling.png")
     return report
-
-
-def plot_scaling(report_json: Path, out_png: Path) -> None:
-    """Metric against training minutes, one line per method, error bars spanning the seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    data = json.loads(report_json.read_text())
-    keys = ["connected_validity", "edm/atom_stability", "edm/molecule_stability"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
-    minutes = {r["candidate"]: r.get("minutes") for r in data["rows"]}  # the budget when there is only one
-
-    def budget(tag: str, method: str) -> float:  # tags carry "_<N>min" only when the study has several budgets
-        last = tag.rsplit("_", 1)[1]
-        return float(last[:-3]) if last.endswith("min") else float(minutes[method])
-
-    for ax, key in zip(axes, keys):
-        for method in sorted(minutes):
-            pts = []
-            for tag, row in data["per_job"].items():
-                if tag.startswith(method + "_s") and isinstance(row.get(key), (int, float)):
-                    pts.append((budget(tag, method), row[key]))
-            if pts:
-                xs = sorted({x for x, _ in pts})
-                ys = [[y for x, y in pts if x == m] for m in xs]
-                mean = [sum(v) / len(v) for v in ys]
-                err = [[m - min(v) for m, v in zip(mean, ys)], [max(v) - m for m, v in zip(mean, ys)]]
-                ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=method)
-        ax.set_xscale("log")
-        ax.set_xlabel("training wall minutes")
-        ax.set_title(key + " (%)")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
 
 
 def _job_main(modality: str, job_json: str) -> None:

@@ -16,7 +16,10 @@ from unite_sci_benchmarks.study import StudyOptions, limit_overrides, limit_reac
 EXPECTED = {"unite": (True, 1, True, "single_stage"), "separate": (False, 1, True, "single_stage"),
             "k2": (True, 2, True, "single_stage"), "k4": (True, 4, True, "single_stage"),
             "no_sg": (True, 1, False, "single_stage"), "separate_no_sg": (False, 1, False, "single_stage"),
-            "two_stage": (False, 1, True, "two_stage")}
+            "two_stage": (False, 1, True, "two_stage"), "unite_small": (True, 1, True, "single_stage"),
+            "separate_small": (False, 1, True, "single_stage"), "unite_deep": (True, 1, True, "single_stage")}
+# candidate -> (preset, encoder blocks) where the width rows differ from the tiny preset's 4 blocks
+SIZES = {"unite_small": ("small", None), "separate_small": ("small", None), "unite_deep": ("tiny", 8)}
 
 
 def _jobs(words, candidates=CANDIDATES, budgets=(10.0,)):
@@ -34,6 +37,7 @@ def test_each_candidate_trains_with_its_settings(modality):
         cfg = load_config(modality, overrides=job["overrides"] + limit_overrides(job["budget"], job["steps"]))
         got = (cfg.model.shared_weights, cfg.flow.flow_batches, cfg.flow.stop_gradient, cfg.train.mode)
         assert got == EXPECTED[cand], cand
+        assert (cfg.model.preset, cfg.model.depth) == SIZES.get(cand, ("tiny", None)), cand
         limits = (cfg.train.seed, cfg.train.threads, cfg.train.budget_minutes, cfg.train.max_steps)
         assert limits == (int(seed), 1, 10.0, 0)
         assert job["run"] == f"/out/{cand}_s{seed}"
@@ -52,6 +56,7 @@ def test_equal_steps_trains_n_steps_without_a_time_limit_in_its_own_folders():
     (["steps=100"], "steps= is for equal=steps"),
     (["equal=often"], "benchmark option 'equal'"),
     (["seeds=0", "jobz=2"], "benchmark option 'jobz': unknown"),
+    (["equal=steps", "steps=10", "minutes=3,12"], "minutes= is for equal=time"),
 ])
 def test_bad_options_are_one_line(words, message):
     with pytest.raises(UserError, match=message):
@@ -61,6 +66,11 @@ def test_bad_options_are_one_line(words, message):
 def test_equal_steps_refuses_a_time_budget(tmp_path):
     with pytest.raises(UserError, match="leave out --budget-minutes"):
         images_ablation(str(tmp_path), budget_minutes=5.0, overrides=["equal=steps", "steps=10"])
+
+
+def test_several_budgets_are_given_once(tmp_path):
+    with pytest.raises(UserError, match="not both"):
+        images_ablation(str(tmp_path), budget_minutes=5.0, overrides=["minutes=3,12"])
 
 
 def test_user_overrides_come_after_the_base_but_candidates_win():

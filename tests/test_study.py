@@ -54,7 +54,7 @@ def test_jobs_seeds_sources_and_reuse(tmp_path):
 
 
 def test_scaling_plot_reads_budgets_from_job_tags(tmp_path):
-    from unite_sci_benchmarks.study import plot_scaling
+    from unite_sci_benchmarks.trends import plot_scaling
 
     per_job = {f"{m}_s{s}_{b}min": {"connected_validity": b + s + (m == "unite"), "edm/atom_stability": 50.0,
                                     "edm/molecule_stability": 1.0}
@@ -67,7 +67,7 @@ def test_scaling_plot_reads_budgets_from_job_tags(tmp_path):
 
 def test_scaling_plot_of_one_budget_reads_it_from_the_rows(tmp_path):
     """With one budget the job tags carry no "_<N>min" (a 30-minute-only study crashed in its plot)."""
-    from unite_sci_benchmarks.study import plot_scaling
+    from unite_sci_benchmarks.trends import plot_scaling
 
     per_job = {f"{m}_s{s}": {"connected_validity": 40.0 + s, "edm/atom_stability": 50.0, "edm/molecule_stability": 0.0}
                for m in ("unite", "two_stage") for s in (0, 1)}
@@ -75,3 +75,21 @@ def test_scaling_plot_of_one_budget_reads_it_from_the_rows(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps({"rows": rows, "per_job": per_job}))
     plot_scaling(tmp_path / "report.json", tmp_path / "scaling.png")
     assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gap_rows_follow_the_pair_across_budgets_and_keep_prefix_names_apart(tmp_path):
+    """unite vs separate at 3 and 12 minutes: the gap (means), whether the seed ranges separate, the ratio;
+    "unite_small" jobs never count as "unite" ones."""
+    from unite_sci_benchmarks.trends import gap_rows, plot_budgets
+
+    values = {("unite", 3): [400.0, 450.0], ("separate", 3): [180.0, 200.0],
+              ("unite", 12): [150.0, 250.0], ("separate", 12): [140.0, 160.0], ("unite_small", 3): [1e6, 1e6]}
+    per_job = {f"{m}_s{s}_{b}min": {"fd": v[s]} for (m, b), v in values.items() for s in (0, 1)}
+    data = {"rows": [{"candidate": m} for m in ("unite", "separate", "unite_small")], "per_job": per_job}
+    (row,) = gap_rows(data, [("unite", "separate")], ["fd"])
+    assert row["gap at 3 min"] == "235.00 (ranges apart)"
+    assert row["gap at 12 min"] == "50.00 (ranges overlap)"
+    assert float(row["ratio (largest / smallest)"]) == pytest.approx(50 / 235, abs=0.005)
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    plot_budgets(tmp_path / "report.json", tmp_path / "sharing.png", ["fd"])
+    assert (tmp_path / "sharing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
