@@ -170,7 +170,13 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--recipe", default="", help="a line on the recipe and why (default: none)")
     sh.add_argument("overrides", nargs="*", help="benchmark key=value words passed to the scoring; sample.* words also become the shipped model's sampling defaults (default: none)")
 
-    for command in (sub.choices["list"], t, s, e, rx, cf, b, enc, rec, pr, dg, an, sh):
+    cd = command("card", "add the physical checks of a shipped model's samples to its card: the numbers of "
+                         "`evaluate ... data.physics=true --out FILE` with the commands that made them")
+    cd.add_argument("name", help="the shipped model (see `unite-sci list`)")
+    cd.add_argument("--physics", required=True, metavar="RESULTS.json",
+                    help="evaluate's results (--out) on samples this model drew, relaxed or not")
+
+    for command in (sub.choices["list"], t, s, e, rx, cf, b, enc, rec, pr, dg, an, sh, cd):
         command.add_argument("--adapter", action="append", default=[], metavar="PACKAGE.MODULE:CLASS",
                              help="register this adapter class (importable from sys.path or the current "
                                   "folder; nothing installed); repeatable. Also: $UNITE_SCI_ADAPTERS")
@@ -274,7 +280,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     meta = sample_to_disk(args.checkpoint, args.out, args.num,
                           {"solver": args.solver, "steps": args.steps, "cfg": args.cfg, "seed": args.seed,
                            "temperature": args.temperature},
-                          condition or None)
+                          condition or None, command_line(args))
     print(json.dumps({k: meta[k] for k in ("num_samples", "solver", "steps", "temperature", "samples_per_s", "files")},
                      indent=2))
 
@@ -291,6 +297,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if target:
             writable_dir(os.path.dirname(os.path.abspath(target)))
     metrics = evaluate_path(args.modality, args.samples, per_sample, over)
+    metrics["command"] = command_line(args)
     if args.out:
         write_json(metrics, args.out)
     print(json.dumps(json_ready(metrics), indent=2, default=str))  # the same JSON as the file: NaN as null
@@ -300,8 +307,36 @@ def cmd_relax(args: argparse.Namespace) -> None:
     from .files import json_ready
     from .engine import relax_path
 
-    summary = relax_path(args.samples, args.out, args.modality, list(args.overrides))
+    summary = relax_path(args.samples, args.out, args.modality, list(args.overrides), command=command_line(args))
     print(json.dumps(json_ready({k: v for k, v in summary.items() if not isinstance(v, dict)}), indent=2))
+
+
+def cmd_card(args: argparse.Namespace) -> None:
+    from .physics import card_physics
+    from .shipped import read_card, resolve, write_card
+
+    weights = resolve(args.name)
+    card = read_card(weights)
+    results = json.loads(_read_text(args.physics))
+    card["physics"] = card_physics(results, str(card["weights"].get("sha256", "")), args.name)
+    write_card(card, weights)
+    print(f"{args.name}: physics of {card['physics']['num_samples']} samples added to {weights.name[:-3]}.card.yaml")
+
+
+def _read_text(path: str) -> str:
+    from .errors import UserError
+
+    try:
+        return open(path).read()
+    except OSError as e:
+        raise UserError(f"cannot read '{path}': {e.strerror}") from None
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command line that ran this command, as a user would type it again."""
+    import shlex
+
+    return "unite-sci " + shlex.join(getattr(args, "argv", None) or [])
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -428,7 +463,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 COMMANDS = {"analyze": cmd_analyze,
             "diagnose": cmd_diagnose, "list": cmd_list, "train": cmd_train, "sample": cmd_sample,
             "evaluate": cmd_evaluate, "config": cmd_config, "benchmark": cmd_benchmark, "encode": cmd_encode,
-            "reconstruct": cmd_reconstruct, "probe": cmd_probe, "ship": cmd_ship, "relax": cmd_relax}
+            "reconstruct": cmd_reconstruct, "probe": cmd_probe, "ship": cmd_ship, "relax": cmd_relax,
+            "card": cmd_card}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -447,6 +483,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from .errors import Interrupted, UserError
     from .stopping import command_signals
 

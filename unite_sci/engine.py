@@ -208,9 +208,10 @@ def requested_condition(samples: Path) -> dict[str, Any]:
 
 
 def relax_path(samples: str, out: str, modality: str | None = None, overrides: list[str] = (),
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """CLI ``relax``: read samples (any format ``evaluate`` reads), relax them into ``out`` with the
-    modality's tool; returns the summary also written to ``out/relax_meta.json``."""
+    modality's tool; returns the summary also written to ``out/relax_meta.json`` (with ``command``, the
+    command line that ran it, when given)."""
     from .physics import RELAX_META, modality_of, require_physics
 
     src = Path(samples)
@@ -231,7 +232,8 @@ def relax_path(samples: str, out: str, modality: str | None = None, overrides: l
     t0 = time.time()
     summary = adapter.relax(objs, out_dir, progress=progress)
     summary = {"modality": modality, "samples": str(src), "num_samples": len(objs),
-               "wall_s": round(time.time() - t0, 2), **summary, **provenance()}
+               "wall_s": round(time.time() - t0, 2), **summary, **provenance(),
+               **({"command": command} if command else {})}
     write_json(summary, out_dir / RELAX_META)
     return summary
 
@@ -259,8 +261,9 @@ def structured_condition(condition: dict[str, Any] | int | None) -> dict[str, An
 
 
 def sample_to_disk(checkpoint: str, out: str, num: int, overrides: dict[str, Any],
-                   condition: dict[str, Any] | None = None) -> dict[str, Any]:
-    """CLI ``sample``: load, generate, export in the modality's formats, record the settings."""
+                   condition: dict[str, Any] | None = None, command: str | None = None) -> dict[str, Any]:
+    """CLI ``sample``: load, generate, export in the modality's formats, record the settings (and
+    ``command``, the command line, when given)."""
     loaded = load_model(checkpoint)
     out_dir = writable_dir(out)  # before sampling: a bad --out must not cost the sampling time
     adapter, cfg = loaded.adapter, loaded.cfg
@@ -271,6 +274,7 @@ def sample_to_disk(checkpoint: str, out: str, num: int, overrides: dict[str, Any
     cond = class_condition(adapter, num, condition)
     samples, info = generate(loaded.model, adapter, scfg, num, cond=cond, given=structured_condition(condition))
     files = adapter.export(samples, out_dir)
-    meta = {**info, "condition": condition or {}, **provenance(loaded), "files": [str(f) for f in files], "config": to_yaml(cfg)}
+    meta = {**info, "condition": condition or {}, **provenance(loaded), "files": [str(f) for f in files],
+            "config": to_yaml(cfg), **({"command": command} if command else {})}
     write_json(meta, out_dir / "samples_meta.json")
     return meta

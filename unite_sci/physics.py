@@ -31,6 +31,7 @@ from .errors import UserError
 from .files import atomic_write
 
 RELAX_META = "relax_meta.json"  # written last by relax: its presence marks a finished relaxed folder
+PHYSICS_KEYS = "physics_metrics"  # evaluate's list of the names of its physical metrics
 RELAX_CSV = "relax.csv"
 
 
@@ -109,5 +110,49 @@ def physics_metrics(adapter: Any, samples: list[Any], source: Path, per_sample_c
     metrics, rows = adapter.physics(samples, source)
     if per_sample_csv and rows:
         join_columns(per_sample_csv, rows)
+    metrics[PHYSICS_KEYS] = sorted(metrics)  # which of evaluate's numbers are these (a card copies them)
     metrics["physics_wall_s"] = round(time.time() - t0, 2)
     return metrics
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read '{path}': {e}") from None
+
+
+def card_physics(results: dict[str, Any], sha256: str, name: str) -> dict[str, Any]:
+    """The ``physics`` section of a shipped model's card from the results of ``evaluate ... data.physics=true``
+    on that model's samples: the physical metrics, how many samples, how they were relaxed, and the
+    commands of the three steps (as recorded, else rebuilt from the recorded settings). One-line error when
+    the results have no physics, or when the samples were drawn by another model (sha256 in samples_meta.json)."""
+    keys = results.get(PHYSICS_KEYS)
+    if not keys:
+        raise UserError("these results have no physical checks: run `unite-sci evaluate ... data.physics=true --out FILE`")
+    folder = Path(str(results.get("samples_path", "")))
+    folder = folder if folder.is_dir() else folder.parent
+    relaxed = relaxed_folder(folder)
+    relax = _json(relaxed / RELAX_META) if relaxed else {}
+    drawn = Path(str(relax.get("samples"))) if relax else folder
+    drawn = drawn if drawn.is_dir() else drawn.parent
+    if not (drawn / "samples_meta.json").is_file():
+        raise UserError(f"no samples_meta.json in '{drawn}': cannot tell which model drew these samples")
+    meta = _json(drawn / "samples_meta.json")
+    drew = str(meta.get("checkpoint_sha256") or "")
+    if not drew or not sha256.startswith(drew):
+        raise UserError(f"the samples in '{drawn}' were drawn by checkpoint sha256 {drew or '(none recorded)'}..., "
+                        f"not by {name!r} ({sha256[:16]}...)")
+    commands = {"sample": meta.get("command") or (f"unite-sci sample --model {name} --num {meta.get('num_samples')} "
+                                                   f"--seed {meta.get('seed')} --temperature {meta.get('temperature')}")}
+    if relax:
+        commands["relax"] = relax.get("command") or f"unite-sci relax --samples {drawn} --out {relaxed}"
+    commands["evaluate"] = results.get("command") or f"unite-sci evaluate --samples {folder} data.physics=true"
+    section: dict[str, Any] = {"num_samples": results.get("num_samples"), "commands": commands}
+    if relax:
+        section["relaxation"] = {k: relax[k] for k in ("tool", "protocol", "settings", "relaxed", "failed", "converged",
+                                                       "median_steps", "seconds_per_crystal_median",
+                                                       "seconds_per_molecule_median", "workers") if k in relax}
+    section["metrics"] = {k: (round(v, 4) if isinstance(v, float) else v) for k in keys
+                          if isinstance(v := results.get(k), (int, float, str)) and not isinstance(v, bool)}
+    return section
