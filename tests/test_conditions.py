@@ -150,6 +150,30 @@ def test_qm9_property_conditions_normalise_draw_and_refuse_bad_values():
     assert not set(ha.index) & set(hb.index) and len(ha) + len(hb) == len(full)
 
 
+def test_evaluate_of_gap_conditioned_samples_predicts_their_gap(tmp_path):
+    """EDM's check of what was asked: the half-A predictor's gap of each readable sample, its MAE to the
+    requested value; a molecule with chlorine cannot be read by the QM9 predictor and is not counted."""
+    from unite_sci.engine import load_config, make_adapter
+    from unite_sci_modalities.qm9.conditioning import condition_metrics, train_half
+    from unite_sci_modalities.qm9.predictor import load_or_train
+    from unite_sci_modalities.qm9.properties import load_properties, lookup
+
+    a = make_adapter(load_config("qm9", overrides=["data.num_train=300", "data.num_val=10", "data.num_test=20"]))
+    test = a.molecules("test")
+    samples = [(test.z[i], test.pos[i]) for i in range(len(test))]
+    chlorine = (np.array([17, 6, 1, 1, 1]), np.random.RandomState(0).randn(5, 3))
+    got = condition_metrics(a, samples + [chlorine], {"gap": "7000", "chemsys": "C-H"}, str(tmp_path))
+    half = train_half(a.molecules("train"), "a")
+    pred, _ = load_or_train("gap", half.z, half.pos, lookup(load_properties(a.cfg.data_dir, a.cfg.cache_dir), "gap",
+                                                              half.index), tmp_path)  # the cached one
+    want = pred.predict([z for z, _ in samples], [p for _, p in samples])
+    assert got["gap/predicted_count"] == len(samples) and got["gap/unit"] == "meV"
+    assert got["gap/mae_to_requested"] == pytest.approx(np.abs(want - 7000.0).mean(), rel=1e-5)
+    assert got["gap/predicted_mean"] == pytest.approx(want.mean(), rel=1e-5)
+    assert not any(k.startswith("chemsys") for k in got)
+    assert condition_metrics(a, samples, {"chemsys": "C-H"}, str(tmp_path)) == {}
+
+
 def test_property_predictor_features_are_invariant_and_it_learns():
     from unite_sci_modalities.qm9 import data as qd
     from unite_sci_modalities.qm9.predictor import Predictor, feature_matrix, features
