@@ -148,7 +148,8 @@ def card_physics(results: dict[str, Any], sha256: str, name: str) -> dict[str, A
     if relax:
         commands["relax"] = relax.get("command") or f"unite-sci relax --samples {drawn} --out {relaxed}"
     commands["evaluate"] = results.get("command") or f"unite-sci evaluate --samples {folder} data.physics=true"
-    section: dict[str, Any] = {"num_samples": results.get("num_samples"), "commands": commands}
+    n = results.get("num_samples")
+    section: dict[str, Any] = {"num_samples": int(n) if isinstance(n, (int, float)) else n, "commands": commands}
     if relax:
         section["relaxation"] = {k: relax[k] for k in ("tool", "protocol", "settings", "relaxed", "failed", "converged",
                                                        "median_steps", "seconds_per_crystal_median",
