@@ -10,7 +10,7 @@ from the data here, once, and saved in the checkpoint (:meth:`MoleculesAdapter.s
 * the split: a seeded permutation cut into ``data.split`` fractions (80 / 10 / 10 by default);
 * the size histogram: atom counts of the training split, from which generation draws sizes.
 
-Metrics are the same as QM9's (ADiT and EDM protocols, connected validity, geometry against the training split):
+Metrics are QM9's (ADiT and EDM protocols, connected validity, geometry against the training split):
 EDM's bond tables cover H B C N O F Al Si P S Cl As Br I Hg Bi, the elements of GEOM; atoms of other
 elements never count as EDM-stable (a warning says so). Coordinates are in Angstrom, hydrogens explicit.
 """

@@ -29,7 +29,6 @@ from .conditioning import PropertyConditions, train_half
 from .properties import PROPERTIES
 
 
-
 class Registers(Choice):
     per_atom = "per_atom"
     fixed = "fixed"
