@@ -53,7 +53,7 @@ PROTOCOL = """
 
 
 NOISE_A = 0.3  # Angstrom, Gaussian noise per coordinate of the noised-data row (seed 0): it must fail visibly
-PHYSICS_PROTOCOL = f"""- Physics (`data.physics=true`, modalities/qm9/physics.py): PoseBusters' `mol` checks on the bonds the
+PHYSICS_PROTOCOL = f"""- Physics (`data.physics=true`, modalities/molecules/physics.py): PoseBusters' `mol` checks on the bonds the
   ADiT validity route perceives (hydrogens kept, unsanitised, so "sanitization" is ADiT's validity with H);
   strain = energy released by relaxing with `data.force_field` (MMFF94 through RDKit by default; L-BFGS-B to a
   largest per-atom force of `data.relax_fmax` kcal/mol/A); a molecule whose graph MMFF94 cannot type is not
@@ -88,7 +88,7 @@ def _at(res: dict[str, Any]) -> str:
 
 def physics_columns(adapter: Any) -> list[str]:
     """The physics columns of the tables (``data.physics=true``); every check is in the JSON."""
-    from unite_sci_modalities.qm9.physics import posebusters_name, strain_name
+    from unite_sci_modalities.molecules.physics import posebusters_name, strain_name
 
     pb, ss, c = posebusters_name(), strain_name(adapter.cfg.force_field), adapter.cfg
     return [f"{pb}/all", f"{pb}/sanitization", f"{pb}/bond_lengths", f"{pb}/bond_angles",

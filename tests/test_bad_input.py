@@ -25,7 +25,7 @@ from unite_sci_modalities.crystals import data as cdata
 from unite_sci_modalities.crystals import io as cio
 from unite_sci_modalities.images import data as idata
 from unite_sci_modalities.images import io as iio
-from unite_sci_modalities.qm9 import io as qio
+from unite_sci_modalities.molecules import io as qio
 from unite_sci_modalities.toy import ToyConfig
 
 HUGE = 24 * 2**20  # bytes: big enough that a reader which loops per byte or copies quadratically shows it
@@ -290,7 +290,7 @@ def one_line_naming(err: BaseException, path: Path | None, needle: str) -> None:
 
 # ------------------------------------------------------------------ metrics on garbage samples
 def test_molecule_metrics_on_garbage_samples() -> None:
-    from unite_sci_modalities.qm9 import metrics as qm
+    from unite_sci_modalities.molecules import metrics as qm
 
     rng = np.random.default_rng(1)
     cases = {

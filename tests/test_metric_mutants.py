@@ -1,6 +1,6 @@
 """Tests written for the mutants that survived the metric mutation audit of issue 34 (item 7).
 
-Each modality's verdict functions were given hand-made bugs one at a time (modalities/qm9/metrics.py and
+Each modality's verdict functions were given hand-made bugs one at a time (modalities/molecules/metrics.py and
 bonds.py, modalities/crystals/metrics.py, modalities/images/domain.py and fid.py) and that modality's metric
 tests run against each; the tests below kill the mutants that the existing tests let through. Each test names
 the mutant it was written for; all of them are closed-form or hand-checked cases, seconds on one CPU.
@@ -79,7 +79,7 @@ def _embedded(smiles: str, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
 def test_a_mirror_image_reconstruction_is_no_match():
     """Mutant Q11 (the InChI comparison dropped): an enantiomer has the same bond graph, so its symmetric RMSD
     is finite, and only the InChI's stereo layer tells it apart. ADiT's protocol counts it as no match."""
-    from unite_sci_modalities.qm9 import metrics
+    from unite_sci_modalities.molecules import metrics
 
     z, pos = _embedded("C[C@H](O)C#N")  # 2-hydroxypropanenitrile: one stereocentre, QM9 elements
     mirror = pos * np.array([-1.0, 1.0, 1.0])
@@ -92,7 +92,7 @@ def test_a_mirror_image_reconstruction_is_no_match():
 def test_a_duplicate_molecule_halves_both_uniqueness_metrics():
     """Mutant Q12 (canonical uniqueness counted over all canonical SMILES, always 100 %): the same molecule
     twice, the second copy with its atoms shuffled, is one unique molecule in both routes."""
-    from unite_sci_modalities.qm9 import metrics
+    from unite_sci_modalities.molecules import metrics
 
     z, pos = _embedded("CCO")
     k = np.random.default_rng(0).permutation(len(z))

@@ -14,8 +14,8 @@ from unite_sci.errors import DataError
 from unite_sci.testing import TINY, AdapterConformance
 from unite_sci_modalities.molecules.adapter import MoleculesAdapter, MoleculesConfig, random_split
 from unite_sci_modalities.molecules.sources import conformers, load_molecules
-from unite_sci_modalities.qm9 import metrics as qm9_metrics
-from unite_sci_modalities.qm9.io import write_extxyz
+from unite_sci_modalities.molecules import metrics as molecule_metrics
+from unite_sci_modalities.molecules.io import write_extxyz
 
 DATA = Path(__file__).parent / "data" / "molecules"
 SDF, SMI = DATA / "example.sdf", DATA / "example.smi"
@@ -134,7 +134,7 @@ def test_five_training_steps_then_sample_and_evaluate_give_the_qm9_metrics(tmp_p
                  "--out", str(tmp_path / "m.json"), "data.eval_workers=1"]) == 0
     got = json.loads((tmp_path / "m.json").read_text())
     water = [np.array([8, 1, 1])], [np.array([[0, 0, 0.117], [0, 0.757, -0.467], [0, -0.757, -0.467]])]
-    qm9_keys = set(qm9_metrics.evaluate_generation(*water, set(), workers=1, progress=False))
+    qm9_keys = set(molecule_metrics.evaluate_generation(*water, set(), workers=1, progress=False))
     assert qm9_keys <= set(got) and got["num_samples"] == 4
     assert "geometry/bond_w1/C-S" in got  # the reference is this data set, sulfur included
 

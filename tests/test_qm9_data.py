@@ -11,16 +11,9 @@ import torch
 
 from unite_sci.errors import ConfigError, DataError
 from unite_sci_modalities.atoms import masses
+from unite_sci_modalities.molecules.data import Molecules, MoleculeDataset, atom_count_distribution, pad_batch
 from unite_sci_modalities.qm9 import data
-from unite_sci_modalities.qm9.data import (
-    Molecules,
-    QM9Dataset,
-    atom_count_distribution,
-    edm_split,
-    load_qm9,
-    load_split,
-    pad_batch,
-)
+from unite_sci_modalities.qm9.data import edm_split, load_qm9, load_split
 
 SMALL = Path(__file__).parent / "data" / "qm9" / "csv_small"  # 4 real molecules from each part file
 N_QM9 = 130_831
@@ -228,14 +221,14 @@ def test_atom_count_distribution(qm9: Molecules) -> None:
 
 def test_dataset_items_and_rotation(tmp_path: Path) -> None:
     mols = _small(tmp_path)
-    item = QM9Dataset(mols)[5]
+    item = MoleculeDataset(mols)[5]
     assert item.z.dtype == torch.long and item.pos.dtype == torch.float32
     assert item.pos.shape == (len(mols.z[5]), 3)
     assert np.array_equal(item.pos.numpy(), mols.pos[5])
     item.pos += 1.0  # items are copies: the data set must not change
-    assert np.array_equal(QM9Dataset(mols)[5].pos.numpy(), mols.pos[5])
+    assert np.array_equal(MoleculeDataset(mols)[5].pos.numpy(), mols.pos[5])
     torch.manual_seed(0)
-    rotated = QM9Dataset(mols, random_rotation=True)[5]
+    rotated = MoleculeDataset(mols, random_rotation=True)[5]
     assert not torch.allclose(rotated.pos, torch.from_numpy(mols.pos[5]), atol=1e-3)
     d0 = torch.cdist(torch.from_numpy(mols.pos[5]), torch.from_numpy(mols.pos[5]))
     torch.testing.assert_close(torch.cdist(rotated.pos, rotated.pos), d0, atol=1e-5, rtol=0)
@@ -245,7 +238,7 @@ def test_dataset_items_and_rotation(tmp_path: Path) -> None:
 
 def test_pad_batch(tmp_path: Path) -> None:
     mols = _small(tmp_path)
-    ds = QM9Dataset(mols)
+    ds = MoleculeDataset(mols)
     items = [ds[i] for i in range(len(ds))]
     n = mols.n_atoms
     z, pos, mask = pad_batch(items)

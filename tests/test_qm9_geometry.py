@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from unite_sci.config import build_config
-from unite_sci_modalities.qm9 import geometry as G
+from unite_sci_modalities.molecules import geometry as G
 from unite_sci_modalities.qm9.adapter import QM9Adapter, QM9Config
 
 SMALL = ["data.num_train=400", "data.num_val=16", "data.num_test=200", "data.eval_workers=1",

@@ -9,7 +9,7 @@ import pytest
 
 from unite_sci.errors import DataError
 from unite_sci_modalities.qm9.data import load_qm9
-from unite_sci_modalities.qm9.io import (
+from unite_sci_modalities.molecules.io import (
     read_extxyz,
     read_molecules,
     read_npz,
@@ -176,7 +176,7 @@ def test_truncated_and_npy_npz(tmp_path: Path) -> None:
 def test_exported_files_are_readable_by_others(real: tuple, tmp_path: Path) -> None:
     # Samples are shared results: mode 0644 under the usual umask, not a private temporary file's 0600.
     from unite_sci.files import write_json
-    from unite_sci_modalities.qm9 import render
+    from unite_sci_modalities.molecules import render
 
     old = os.umask(0o022)
     try:
@@ -197,7 +197,7 @@ def test_sdf_holds_the_bonds_the_gallery_draws(tmp_path: Path) -> None:
     # not fall back to atoms only.
     from rdkit import Chem
 
-    from unite_sci_modalities.qm9 import render
+    from unite_sci_modalities.molecules import render
 
     z = np.array([6, 6, 6, 6, 6, 6])
     pos = 1.5 * np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1]])
@@ -210,7 +210,7 @@ def test_sdf_holds_the_bonds_the_gallery_draws(tmp_path: Path) -> None:
 
 
 def test_gallery_captions_break_between_words() -> None:
-    from unite_sci_modalities.qm9.render import _caption
+    from unite_sci_modalities.molecules.render import _caption
 
     text = "invalid: RDKit sanitisation failed: explicit valence for atom # 3 C, 5, is greater than permitted"
     words = set(text.split())

@@ -16,8 +16,8 @@ pytest.importorskip("openbabel")
 
 from rdkit import Chem  # noqa: E402
 
-from unite_sci_modalities.qm9 import bonds, metrics, render  # noqa: E402
-from unite_sci_modalities.qm9 import protocols  # noqa: E402
+from unite_sci_modalities.molecules import bonds, metrics, render  # noqa: E402
+from unite_sci_modalities.molecules import protocols  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "data" / "qm9_metrics" / "qm9_sample.xyz"
 SYMBOLS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}

@@ -11,9 +11,9 @@ from rdkit import Chem
 from unite_sci.engine import evaluate_path
 from unite_sci.engine import relax_path
 from unite_sci.physics import RELAX_CSV, read_rows, write_rows
-from unite_sci_modalities.qm9 import physics, render
+from unite_sci_modalities.molecules import physics, render
 from unite_sci_modalities.qm9.data import load_qm9
-from unite_sci_modalities.qm9.forcefield import RelaxSettings, relax_molecule
+from unite_sci_modalities.molecules.forcefield import RelaxSettings, relax_molecule
 
 FIXTURES = Path(__file__).parent / "data" / "qm9"
 CHEAP = ["data.eval_workers=1", "data.novelty=false", "data.geometry=false"]  # in this process, no training set

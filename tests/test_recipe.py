@@ -11,7 +11,7 @@ from unite_sci.model import GenerativeEncoder, RegisterLayout
 from unite_sci.sampling import sample_latents
 from unite_sci.unite import Unite
 from unite_sci_modalities.atoms import principal_axes_frame, random_rotations
-from unite_sci_modalities.qm9.adapter import pair_distance_mse
+from unite_sci_modalities.molecules.base import pair_distance_mse
 
 from test_model import toy_setup
 

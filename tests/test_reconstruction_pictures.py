@@ -12,7 +12,7 @@ from unite_sci.adapter import AdapterBase
 
 def test_qm9_reconstruction_gallery_pairs_inputs_with_outputs(tmp_path: Path, monkeypatch) -> None:
     from unite_sci.config import build_config
-    from unite_sci_modalities.qm9 import render
+    from unite_sci_modalities.molecules import render
     from unite_sci_modalities.qm9.adapter import QM9Adapter, QM9Config
 
     drawn = []

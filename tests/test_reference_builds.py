@@ -8,7 +8,7 @@ import pytest
 
 from test_qm9_metrics import PS, ZS
 from unite_sci.files import announce_build
-from unite_sci_modalities.qm9 import geometry
+from unite_sci_modalities.molecules import geometry
 
 
 @pytest.mark.parametrize("seconds,about", [(0.2, "1 s"), (42.4, "42 s"), (89, "89 s"), (150, "2 min"), (3600, "60 min")])

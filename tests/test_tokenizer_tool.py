@@ -115,7 +115,7 @@ def test_qm9_encode_reconstruct_and_probe_commands(tmp_path, capsys):
 
 
 def test_qm9_items_from_files_are_centred_like_the_data_set():
-    from unite_sci_modalities.qm9.data import molecule_item
+    from unite_sci_modalities.molecules.data import molecule_item
 
     item = molecule_item(np.array([8, 1, 1]), np.array([[1.0, 1.0, 1.0], [1.8, 1.6, 1.0], [0.2, 1.6, 1.0]]))
     from unite_sci_modalities.atoms import masses

@@ -1,9 +1,9 @@
 """Your own molecules: SDF, XYZ/extxyz or SMILES files as a modality (``unite-sci train --modality molecules
 --data FILE_OR_FOLDER``).
 
-The QM9 adapter's machinery (tokens, heads, losses, metrics, exports) applied to a data set the user
-names: everything QM9 states as a fact is derived from the data here, once, and saved in the checkpoint
-(:meth:`MoleculesAdapter.state_dict`):
+The molecule modality's machinery (:class:`.base.MoleculeAdapterBase`: tokens, heads, losses, metrics,
+exports, physics checks) applied to a data set the user names: everything QM9 states as a fact is derived
+from the data here, once, and saved in the checkpoint (:meth:`MoleculesAdapter.state_dict`):
 
 * the element table: every element in the data, by atomic number (or ``data.elements`` when given);
 * the register count: the largest molecule (or ``data.max_atoms``);
@@ -24,17 +24,17 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from unite_sci.adapter import AdapterBase, register
+from unite_sci.adapter import register
 from unite_sci.errors import ConfigError, DataError
 from unite_sci.files import cache_root
 from unite_sci.model import RegisterLayout
 from unite_sci.schema import non_negative, positive, ranged
 
 from ..atoms import z_to_symbol
-from ..qm9 import data as qdata
-from ..qm9.adapter import RMSD_UNDER, STRAIN_UNDER, QM9Adapter
-from ..qm9.forcefield import ForceField
 from . import sources
+from .base import RMSD_UNDER, STRAIN_UNDER, MoleculeAdapterBase
+from .data import Molecules, MoleculeDataset, atom_count_distribution
+from .forcefield import ForceField
 
 SPLITS = ("train", "val", "test")
 
@@ -94,23 +94,19 @@ def random_split(num: int, fractions: list[float], seed: int) -> dict[str, np.nd
 
 
 @register("molecules")
-class MoleculesAdapter(QM9Adapter):
+class MoleculesAdapter(MoleculeAdapterBase):
     config_class = MoleculesConfig
     property_units: dict[str, str] = {}  # no properties to probe or condition on
 
     def __init__(self, cfg: MoleculesConfig):
-        AdapterBase.__init__(self, cfg)  # not QM9's: the element table and sizes come from the data
-        self.fixed = False
-        self.properties = None
-        self.count_dist = torch.zeros(1, dtype=torch.float64)
-        self._splits = self._train_smiles = self._geometry_ref = None
-        self._all: qdata.Molecules | None = None
+        super().__init__(cfg)  # the element table and sizes come from the data (properties below)
+        self._all: Molecules | None = None
         self._key = ""  # sha256 of the sources and build settings (sources.load_molecules)
         self._table: tuple[list[int], int] | None = None  # (elements, max_atoms)
         self._split_index: dict[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ facts derived from the data
-    def data(self) -> qdata.Molecules:
+    def data(self) -> Molecules:
         """Every molecule of the sources (built once, then cached; see ``sources.py``)."""
         if self._all is None:
             c = self.cfg
@@ -165,8 +161,8 @@ class MoleculesAdapter(QM9Adapter):
             self._split_index = random_split(len(self.data()), list(self.cfg.split), self.cfg.split_seed)
         return self._split_index
 
-    # ------------------------------------------------------------------ QM9's data hooks
-    def molecules(self, split: str, frame: bool = True) -> qdata.Molecules:
+    # ------------------------------------------------------------------ the base's data hooks
+    def molecules(self, split: str, frame: bool = True) -> Molecules:
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
         idx = self.split_indices()[split]
@@ -177,9 +173,9 @@ class MoleculesAdapter(QM9Adapter):
     def build_splits(self):
         if self._splits is None:
             max_atoms = self._ensure_table()[1]
-            self._splits = {s: qdata.QM9Dataset(self.molecules(s)) for s in SPLITS}
+            self._splits = {s: MoleculeDataset(self.molecules(s)) for s in SPLITS}
             train = self._splits["train"].mols
-            self.count_dist = torch.from_numpy(qdata.atom_count_distribution(train, max_atoms))
+            self.count_dist = torch.from_numpy(atom_count_distribution(train, max_atoms))
         return self._splits
 
     def reference_cache(self, stem: str, suffix: str) -> Path:
@@ -218,7 +214,7 @@ class MoleculesAdapter(QM9Adapter):
 
 def _warn_untabulated(elements: list[int], where: object) -> None:
     """A warning when EDM's protocol cannot judge some elements, or when the data carry no hydrogens."""
-    from ..qm9.bonds import EDM_ALLOWED_VALENCE
+    from .bonds import EDM_ALLOWED_VALENCE
 
     missing = [z_to_symbol(z) for z in elements if z not in EDM_ALLOWED_VALENCE]
     if missing:

@@ -3,7 +3,7 @@
 What ``data.data_dir`` (the CLI's ``--data``) may name:
 
 * a file: ``.sdf`` (3-D records, hydrogens as written), ``.xyz`` / ``.extxyz`` (ase), ``.npz`` (the layout
-  of ``qm9/io.py``), or a SMILES list ``.smi`` / ``.txt`` / ``.csv``, each also gzipped (``.smi.gz``): one
+  of :mod:`.io`), or a SMILES list ``.smi`` / ``.txt`` / ``.csv``, each also gzipped (``.smi.gz``): one
   SMILES a line, its first whitespace-separated field (a CSV: the column named ``smiles`` in any case, else
   the first); lines starting with ``#`` and a header line ``smiles...`` are skipped. A SMILES gets explicit
   hydrogens and one seeded conformer (:mod:`.conformers`);
@@ -38,15 +38,15 @@ from unite_sci.files import atomic_write, cache_root, file_hash
 from unite_sci.parallel import parallel_map, resolve_workers
 
 from ..atoms import center_of_mass
-from ..qm9 import data as qdata
-from ..qm9 import io as qio
+from . import data as mdata
+from . import io as mio
 from .conformers import FAILED, OK, OUTCOMES, embed_item
 
 # name -> (package, file inside it): data sets that install from PyPI
 PACKAGED = {f"moses:{split}": ("moses", f"dataset/data/{split}.csv.gz")
             for split in ("train", "test", "test_scaffolds")}
 SMILES_SUFFIXES = (".smi", ".txt", ".csv")
-COORD_SUFFIXES = qio.XYZ_SUFFIXES + qio.SDF_SUFFIXES + qio.NPZ_SUFFIXES
+COORD_SUFFIXES = mio.XYZ_SUFFIXES + mio.SDF_SUFFIXES + mio.NPZ_SUFFIXES
 CHUNK = 500  # SMILES per saved chunk of a conformer build
 SECONDS_PER_CONFORMER = 0.05  # ETKDG + MMFF of a MOSES molecule, one core (measured 0.03 s CPU): for the notice
 _FORMAT = 1  # bump when the cached arrays change meaning
@@ -122,7 +122,7 @@ def source_key(files: list[Path], settings: str) -> str:
 
 
 def _flat(z: list[np.ndarray], pos: list[np.ndarray], smiles: list[str], index: list[int]) -> dict[str, np.ndarray]:
-    """Molecules as the flat arrays of QM9's cache (``qdata._to_molecules`` reads them back)."""
+    """Molecules as flat arrays, the layout of QM9's cache (:func:`.data.from_flat` reads them back)."""
     encoded = [s.encode("utf-8") for s in smiles]
     return {"index": np.asarray(index, dtype=np.int64), "n_atoms": np.array([len(a) for a in z], dtype=np.int64),
             "z": np.concatenate(z).astype(np.uint8), "pos": np.concatenate(pos).astype(np.float32),
@@ -168,7 +168,7 @@ def conformers(smiles: list[str], seed: int, mmff: bool, workers: int, time_limi
 
 
 def load_molecules(spec: str | None, cache_dir: str | None = None, *, seed: int = 0, mmff: bool = True,
-                   limit: int = 0, workers: int = 0, time_limit_s: float = 60.0) -> tuple[qdata.Molecules, str]:
+                   limit: int = 0, workers: int = 0, time_limit_s: float = 60.0) -> tuple[mdata.Molecules, str]:
     """All molecules ``spec`` names (the first ``limit`` entries when > 0), centre of mass at 0, and the
     sha256 key of sources and settings. Built once, then read from the cache in well under a second."""
     files = resolve(spec)
@@ -179,7 +179,7 @@ def load_molecules(spec: str | None, cache_dir: str | None = None, *, seed: int 
     cache = folder / f"{key[:24]}.npz"
     try:
         with np.load(cache, allow_pickle=False) as f:
-            return qdata._to_molecules({k: f[k] for k in f.files}), key
+            return mdata.from_flat({k: f[k] for k in f.files}), key
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         pass  # not built yet (or unreadable): build it
     entries: list[str | tuple[np.ndarray, np.ndarray]] = []  # a SMILES, or (z, pos) read from a file
@@ -187,7 +187,7 @@ def load_molecules(spec: str | None, cache_dir: str | None = None, *, seed: int 
         if is_smiles(f):
             entries += read_smiles(f)
         else:
-            entries += list(zip(*qio.read_molecules(f)))
+            entries += list(zip(*mio.read_molecules(f)))
         if 0 < limit <= len(entries):
             break
     entries = entries[:limit] if limit > 0 else entries
@@ -217,7 +217,7 @@ def load_molecules(spec: str | None, cache_dir: str | None = None, *, seed: int 
     arrays = _flat(z, pos, smiles, index)
     _save(cache, arrays)
     shutil.rmtree(chunks, ignore_errors=True)  # the finished cache holds them all
-    return qdata._to_molecules(arrays), key
+    return mdata.from_flat(arrays), key
 
 
 def _rdkit_version() -> str:

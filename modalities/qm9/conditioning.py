@@ -19,14 +19,14 @@ from torch import Tensor
 from unite_sci.conditions import SCALARS, ConditionSpec, scalar_value
 from unite_sci.errors import ConfigError, UserError
 
-from . import data as qdata
+from ..molecules.data import Molecules
 from .properties import PROPERTIES, check_name, load_properties, lookup
 
 HALVES = ("", "a", "b")
 HALF_SEED = 1  # the permutation that cuts EDM's 100,000 training molecules into halves A and B
 
 
-def train_half(mols: qdata.Molecules, half: str) -> qdata.Molecules:
+def train_half(mols: Molecules, half: str) -> Molecules:
     """Half A or B of the training molecules (a seeded permutation cut in two, each half in data order);
     the whole set for ``""``."""
     if half not in HALVES:
@@ -54,12 +54,12 @@ class PropertyConditions:
     def specs(self) -> list[ConditionSpec]:
         return [ConditionSpec(n, "scalar") for n in self.names]
 
-    def raw(self, mols: qdata.Molecules) -> np.ndarray:
+    def raw(self, mols: Molecules) -> np.ndarray:
         """(n, P) float64 property values in EDM's units."""
         table = load_properties(self.data_dir, self.cache_dir)
         return np.stack([lookup(table, n, mols.index) for n in self.names], 1)
 
-    def fit(self, train: qdata.Molecules) -> None:
+    def fit(self, train: Molecules) -> None:
         """Normalisation and the sampling pool from the generator's training molecules."""
         raw = self.raw(train)
         self.mean, self.std = raw.mean(0), raw.std(0) + 1e-12
@@ -69,7 +69,7 @@ class PropertyConditions:
     def normalise(self, raw: np.ndarray) -> np.ndarray:
         return ((raw - self.mean) / self.std).astype(np.float32)
 
-    def values(self, mols: qdata.Molecules) -> np.ndarray:
+    def values(self, mols: Molecules) -> np.ndarray:
         return self.normalise(self.raw(mols))
 
     def draw(self, num: int, gen: torch.Generator, given: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:

@@ -1,14 +1,15 @@
-"""QM9 molecules: parse the qm9pack CSV files once, cache flat arrays, split as EDM, batch for torch.
+"""QM9 molecules: parse the qm9pack CSV files once, cache flat arrays, split as EDM.
 
 Data contract (see ``shared/DATA.md``): 130,831 molecules (the 3,054 uncharacterised already removed),
 3-29 atoms with explicit hydrogens, elements H C N O F, B3LYP coordinates in Angstrom. Every molecule is
 moved to zero centre of mass when parsed. Molecules are ordered by their QM9 index; split index arrays
-count positions in that order.
+count positions in that order. Items and batches for torch are every molecule source's
+(``molecules/data.py``).
 
 Usage::
 
     train = load_split("train")                      # Molecules, 100,000 of them
-    ds = QM9Dataset(train, random_rotation=True)     # items: Data(z=(n,) long, pos=(n, 3) float)
+    ds = MoleculeDataset(train, random_rotation=True)  # items: Data(z=(n,) long, pos=(n, 3) float)
     z, pos, mask = pad_batch([ds[0], ds[1]], max_atoms=29)
 """
 from __future__ import annotations
@@ -19,21 +20,18 @@ import importlib.util
 import os
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO
+from typing import Iterator, TextIO
 
 import numpy as np
-import torch
-from torch import Tensor
-from torch_geometric.data import Batch, Data
-from torch_geometric.utils import to_dense_batch
 from tqdm import tqdm
 
 from unite_sci.errors import ConfigError, DataError
 from unite_sci.files import atomic_write, cache_root
 
-from ..atoms import masses, principal_axes_frame, random_rotations, symbol_to_z
+from ..atoms import masses, symbol_to_z
+from ..molecules import data as mdata
+from ..molecules.data import Molecules
 
 CSV_NAMES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 COLUMNS = ("Index", "SMILES", "Elements", "XYZ_Ang")  # the only columns we read
@@ -41,55 +39,6 @@ SPLITS = ("train", "val", "test")
 EDM_NUM_TRAIN = 100_000  # EDM's fixed training-set size
 EDM_TEST_FRACTION = 0.1  # EDM: test = int(0.1 * N), val = the rest
 _CACHE_FORMAT = 1  # bump when the cached arrays change meaning; old caches are then ignored
-
-
-@dataclass
-class Molecules:
-    """A set of molecules (one split, or all of QM9), one array per molecule.
-
-    Attributes:
-        z: atomic numbers, int64 arrays of shape (n_i,).
-        pos: coordinates in Angstrom, float32 arrays of shape (n_i, 3), centre of mass at 0.
-        smiles: the data set's SMILES per molecule ('' when unknown).
-        index: QM9 index per molecule, int64 array of shape (num,).
-    """
-
-    z: list[np.ndarray]
-    pos: list[np.ndarray]
-    smiles: list[str]
-    index: np.ndarray
-
-    def __post_init__(self) -> None:
-        if not len(self.z) == len(self.pos) == len(self.smiles) == len(self.index):
-            raise ValueError(
-                f"Molecules fields differ in length: z {len(self.z)}, pos {len(self.pos)}, "
-                f"smiles {len(self.smiles)}, index {len(self.index)}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.z)
-
-    @property
-    def n_atoms(self) -> np.ndarray:
-        """Atom count per molecule, int64 (num,)."""
-        return np.fromiter((len(z) for z in self.z), dtype=np.int64, count=len(self.z))
-
-    def subset(self, idx: Sequence[int] | np.ndarray) -> Molecules:
-        """The molecules at positions ``idx`` (integer array or boolean mask), in that order."""
-        idx = np.asarray(idx)
-        if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
-        return Molecules(
-            z=[self.z[i] for i in idx],
-            pos=[self.pos[i] for i in idx],
-            smiles=[self.smiles[i] for i in idx],
-            index=self.index[idx],
-        )
-
-    def principal_frame(self) -> Molecules:
-        """The same molecules, each rotated into its principal-axes frame (``atoms.principal_axes_frame``)."""
-        return Molecules(self.z, [principal_axes_frame(z, p) for z, p in zip(self.z, self.pos)], self.smiles,
-                         self.index)
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -254,20 +203,6 @@ def _read_cache(path: Path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
-def _to_molecules(a: dict[str, np.ndarray]) -> Molecules:
-    """Split the flat cached arrays into per-molecule views."""
-    cut = np.cumsum(a["n_atoms"])[:-1]
-    text = a["smiles"].tobytes()
-    ends = np.cumsum(a["smiles_len"]).tolist()
-    starts = [0] + ends[:-1]
-    return Molecules(
-        z=np.split(a["z"].astype(np.int64), cut),
-        pos=np.split(a["pos"], cut),
-        smiles=[text[s:e].decode("utf-8") for s, e in zip(starts, ends)],
-        index=a["index"].astype(np.int64),
-    )
-
-
 # ---------------------------------------------------------------------------------------------- public
 
 
@@ -281,12 +216,12 @@ def load_qm9(data_dir: str | os.PathLike | None = None, cache_dir: str | os.Path
     cache = _cache_file(files, cache_dir)
     if cache.is_file():
         try:
-            return _to_molecules(_read_cache(cache))
+            return mdata.from_flat(_read_cache(cache))
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
             warnings.warn(f"ignoring unreadable QM9 cache {cache} ({e}); parsing again", stacklevel=2)
     arrays = _parse_all(files)
     _write_cache(cache, arrays)
-    return _to_molecules(arrays)
+    return mdata.from_flat(arrays)
 
 
 def edm_split(num: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -312,69 +247,3 @@ def load_split(
         raise ConfigError(f"unknown QM9 split {split!r}; valid: {', '.join(SPLITS)}")
     mols = load_qm9(data_dir, cache_dir)
     return mols.subset(edm_split(len(mols))[split])
-
-
-def molecule_item(z: np.ndarray, pos: np.ndarray) -> Data:
-    """One molecule from a file (atomic numbers (n,), Angstrom (n, 3)) as a data set item: centre of mass
-    at 0, as :func:`load_qm9` centres every molecule."""
-    z = np.asarray(z, dtype=np.int64).reshape(-1)
-    pos = np.asarray(pos, dtype=np.float64).reshape(-1, 3)
-    if len(z) != len(pos) or not len(z):
-        raise DataError(f"a molecule needs as many coordinates as atoms and at least one atom "
-                        f"(got {len(z)} atoms, {len(pos)} positions)")
-    m = masses(z)
-    com = (m[:, None] * pos).sum(0) / m.sum()
-    return Data(z=torch.from_numpy(z), pos=torch.from_numpy((pos - com).astype(np.float32)))
-
-
-def atom_count_distribution(mols: Molecules, max_atoms: int) -> np.ndarray:
-    """Empirical probabilities of the atom count, float64 (max_atoms + 1,) over 0..max_atoms."""
-    counts = np.bincount(mols.n_atoms, minlength=max_atoms + 1).astype(np.float64)
-    if len(counts) > max_atoms + 1:
-        raise ConfigError(f"max_atoms={max_atoms} is below the largest molecule ({len(counts) - 1} atoms)")
-    return counts / counts.sum()
-
-
-class QM9Dataset(torch.utils.data.Dataset):
-    """Molecules as ``torch_geometric.data.Data(z=(n,) long, pos=(n, 3) float32 Angstrom)``.
-
-    With ``random_rotation`` each item is rotated by a fresh uniformly random rotation about its centre of
-    mass (the training augmentation); it draws from torch's global generator, which DataLoader seeds
-    differently in every worker.
-    """
-
-    def __init__(self, mols: Molecules, random_rotation: bool = False, props: np.ndarray | None = None) -> None:
-        self.mols = mols
-        self.random_rotation = random_rotation
-        self.props = props  # (n, P) float32 normalised condition values, or None: items then carry no ``y``
-
-    def __len__(self) -> int:
-        return len(self.mols)
-
-    def __getitem__(self, i: int) -> Data:
-        z = torch.tensor(self.mols.z[i], dtype=torch.long)  # copies: callers may edit items in place
-        pos = torch.tensor(self.mols.pos[i], dtype=torch.float32)  # (n, 3)
-        if self.random_rotation:
-            pos = pos @ random_rotations(1)[0].T  # centre of mass is 0, so it stays 0
-        if self.props is not None:
-            return Data(z=z, pos=pos, y=torch.from_numpy(self.props[i]).view(1, -1))
-        return Data(z=z, pos=pos)
-
-
-def pad_batch(items: list[Data], max_atoms: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Pad molecules into dense tensors.
-
-    Returns z (B, N) long with 0 = padding, pos (B, N, 3) float in Angstrom (0 where padded) and mask (B, N)
-    bool (True = real atom), where N = max_atoms if given, else the largest molecule in the batch.
-    """
-    if not items:
-        raise ValueError("pad_batch needs at least one molecule")
-    batch = Batch.from_data_list(items)
-    largest = int(torch.bincount(batch.batch).max())
-    if max_atoms is not None and largest > max_atoms:
-        # to_dense_batch would silently drop the extra atoms.
-        raise ConfigError(f"max_atoms={max_atoms} is below a molecule in the batch ({largest} atoms)")
-    shape = {"max_num_nodes": max_atoms, "batch_size": len(items)}
-    z, mask = to_dense_batch(batch.z, batch.batch, fill_value=0, **shape)  # (B, N), (B, N)
-    pos, _ = to_dense_batch(batch.pos, batch.batch, fill_value=0.0, **shape)  # (B, N, 3)
-    return z, pos, mask

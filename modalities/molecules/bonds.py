@@ -1,4 +1,5 @@
-"""Bond graphs for the QM9 metrics: EDM's distance tables, the OpenBabel route used by ADiT, graph matching.
+"""Bond graphs for the molecule metrics (QM9 and your own molecules alike): EDM's distance tables, the
+OpenBabel route used by ADiT, graph matching.
 
 Two peers turn coordinates into chemical graphs in two different ways, and their numbers are only
 comparable when each route is followed exactly:

@@ -1,4 +1,5 @@
-"""QM9 metrics over many molecules: generation (ADiT and EDM protocols, connected validity) and reconstruction.
+"""Molecule metrics over many molecules, for every molecule data set (QM9, your own files): generation (ADiT and
+EDM protocols, connected validity) and reconstruction.
 
 Molecules are ``(z, pos)``: atomic numbers (n,) and coordinates (n, 3) in Angstrom, explicit hydrogens, in
 the order the model emitted them. The verdicts on one molecule, and exactly what of each peer's code they

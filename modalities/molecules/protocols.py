@@ -1,4 +1,5 @@
-"""The verdicts of the QM9 generation protocols on one molecule: ADiT's, EDM's and an order-invariant variant.
+"""The verdicts of the peers' QM9 generation protocols on one molecule of any data set: ADiT's, EDM's and an
+order-invariant variant.
 
 A molecule is ``(z, pos)``: atomic numbers (n,) and coordinates (n, 3) in Angstrom, explicit hydrogens,
 atoms in the order the model emitted them. :mod:`.metrics` runs :func:`evaluate_molecule` over many samples.

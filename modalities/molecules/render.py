@@ -1,4 +1,5 @@
-"""Export sampled QM9 molecules: an SDF file with 3-D coordinates and a PNG grid of 2-D depictions.
+"""Export sampled molecules (any molecule data set): an SDF file with 3-D coordinates and a PNG grid of 2-D
+depictions.
 
 Molecules are ``(z, pos)``: atomic numbers (n,) and coordinates (n, 3) in Angstrom. Bonds come from the
 same route as the ADiT validity metric (OpenBabel perception -> PDB block -> RDKit, see :mod:`.metrics`),
