@@ -275,3 +275,14 @@ def test_a_batch_without_labels_is_refused_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(ToyAdapter, "collate", lambda self, items: Batch(plain(self, items).data, None, None))
     with pytest.raises(UserError, match="adapter.null_cond"):  # in training too, before any .to(device)
         make_trainer(tmp_path, "train.max_steps=1").fit()
+
+
+def test_qm9_evaluate_reports_the_requested_property_through_the_adapter(tmp_path):
+    """`evaluate` calls the adapter's condition_metrics with what `sample` recorded: QM9's is the predictor check."""
+    from unite_sci.engine import load_config, make_adapter
+
+    a = make_adapter(load_config("qm9", overrides=["data.num_train=300", "data.num_val=10", "data.num_test=10",
+                                                   f"data.cache_dir={tmp_path}"]))
+    test = a.molecules("test")
+    got = a.condition_metrics([(test.z[i], test.pos[i]) for i in range(len(test))], {"gap": 6500})
+    assert got["gap/requested"] == 6500.0 and got["gap/predicted_count"] == len(test)

@@ -145,6 +145,12 @@ class QM9Adapter(MoleculeAdapterBase):
             self.build_splits()
         return self.properties.draw(num, generator, given)
 
+    def condition_metrics(self, samples: list, condition: dict[str, Any]) -> dict[str, Any]:
+        """The protocol predictor's value of each sample against the requested one (``conditioning.py``)."""
+        from .conditioning import condition_metrics
+
+        return condition_metrics(self, samples, condition, str(self.cfg.cache_dir or qdata.default_cache_dir()))
+
     # ------------------------------------------------------------------ properties
     property_units = {name: unit for name, (_, _, unit) in PROPERTIES.items()}
 
