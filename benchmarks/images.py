@@ -72,7 +72,8 @@ PROTOCOL = """
 
 # The rows of `benchmark images seeds=...`, each trained per seed at the same budget (a study's candidates).
 ROWS: dict[str, tuple[list[str], str]] = {
-    "unite": ([], "UNITE single stage (configs/images.yaml)"),
+    "unite": ([], "UNITE single stage as configured (configs/images.yaml: separate encoder and denoiser)"),
+    "unite_shared": (["model.shared_weights=true"], "UNITE as published: one weight-shared Generative Encoder"),
     "two_stage": (["train.mode=two_stage", "model.shared_weights=false"],
                   "two-stage: tokenizer for half the budget, then a denoiser on its frozen latents"),
     "pixel_unet": (["peer:pixel_unet"], "pixel-space peer: diffusers UNet2DModel on pixels, UNITE's flow objective, "

@@ -53,7 +53,8 @@ PAIRS = [("unite", "separate"), ("unite_small", "separate_small"), ("unite_deep"
 # The metrics drawn against training compute, per modality (columns of study.METRICS).
 PLOT_KEYS = {"images": ["fd", "class_agreement", "psnr_db"],
              "qm9": ["connected_validity", "edm/atom_stability", "match"]}
-BASE = ["flow.flow_batches=1"]  # every candidate's starting point, whatever the modality's config says
+# every candidate's starting point, whatever the modality's config says: UNITE as published, K = 1
+BASE = ["flow.flow_batches=1", "model.shared_weights=true"]
 
 
 class Equal(Choice):

@@ -85,6 +85,16 @@ def test_image_rows_peer_job_and_limits():
     assert by["pixel_unet_s0"]["peer"] == "pixel_unet:8,16" and by["unite_s0"]["peer"] is None
     assert not any(o.startswith("peer:") for o in by["pixel_unet_s0"]["overrides"])
     assert "model.shared_weights=false" in by["two_stage_s0"]["overrides"]
+    rows = plan_jobs(ROWS, [n for n in ROWS if n != "pixel_unet"], [0], Path("/out"), [1.0], 0, 10, 10, 1, [])
+    shared = {j["tag"]: load_config("images", overrides=j["overrides"]).model.shared_weights for j in rows}
+    assert shared == {"unite_s0": False, "unite_shared_s0": True, "two_stage_s0": False}  # the default: separate
+
+
+def test_the_ablation_starts_from_unite_as_published_whatever_the_config_says():
+    """configs/images.yaml defaults to separate weights; the paper's ablation rows start from one shared GE."""
+    jobs, _ = _jobs([])
+    shared = {j["tag"]: load_config("images", overrides=j["overrides"]).model.shared_weights for j in jobs}
+    assert shared["unite_s0"] and shared["k4_s0"] and not shared["separate_s0"]
 
 
 def test_limit_reached_by_steps_or_minutes(tmp_path):
