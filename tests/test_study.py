@@ -89,7 +89,8 @@ def test_gap_rows_follow_the_pair_across_budgets_and_keep_prefix_names_apart(tmp
     (row,) = gap_rows(data, [("unite", "separate")], ["fd"])
     assert row["gap at 3 min"] == "235.00 (ranges apart)"
     assert row["gap at 12 min"] == "50.00 (ranges overlap)"
-    assert float(row["ratio (largest / smallest)"]) == pytest.approx(50 / 235, abs=0.005)
+    assert float(row["gap ratio (largest / smallest)"]) == pytest.approx(50 / 235, abs=0.005)
+    assert row["means' ratio, smallest -> largest"] == "2.24 -> 1.33"  # 425 / 190 and 200 / 150
     (tmp_path / "report.json").write_text(json.dumps(data))
     plot_budgets(tmp_path / "report.json", tmp_path / "sharing.png", ["fd"])
     assert (tmp_path / "sharing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
