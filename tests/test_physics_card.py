@@ -39,3 +39,13 @@ def test_samples_of_another_model_or_results_without_physics_are_refused(tmp_pat
         card_physics(results, SHA, "m")
     with pytest.raises(UserError, match="no physical checks"):
         card_physics({k: v for k, v in results.items() if k != PHYSICS_KEYS}, SHA, "m")
+
+
+def test_card_command_errors_are_one_line(tmp_path, capsys):
+    from unite_sci.cli import main
+
+    (tmp_path / "bad.json").write_text("{not json")
+    for path in (tmp_path / "bad.json", tmp_path / "missing.json"):
+        assert main(["card", "qm9", "--physics", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and "cannot read" in err[0], err

@@ -312,24 +312,17 @@ def cmd_relax(args: argparse.Namespace) -> None:
 
 
 def cmd_card(args: argparse.Namespace) -> None:
-    from .physics import card_physics
+    from pathlib import Path
+
+    from .physics import card_physics, read_json
     from .shipped import read_card, resolve, write_card
 
     weights = resolve(args.name)
     card = read_card(weights)
-    results = json.loads(_read_text(args.physics))
+    results = read_json(Path(args.physics))
     card["physics"] = card_physics(results, str(card["weights"].get("sha256", "")), args.name)
     write_card(card, weights)
     print(f"{args.name}: physics of {card['physics']['num_samples']} samples added to {weights.name[:-3]}.card.yaml")
-
-
-def _read_text(path: str) -> str:
-    from .errors import UserError
-
-    try:
-        return open(path).read()
-    except OSError as e:
-        raise UserError(f"cannot read '{path}': {e.strerror}") from None
 
 
 def command_line(args: argparse.Namespace) -> str:

@@ -115,7 +115,7 @@ def physics_metrics(adapter: Any, samples: list[Any], source: Path, per_sample_c
     return metrics
 
 
-def _json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -133,12 +133,12 @@ def card_physics(results: dict[str, Any], sha256: str, name: str) -> dict[str, A
     folder = Path(str(results.get("samples_path", "")))
     folder = folder if folder.is_dir() else folder.parent
     relaxed = relaxed_folder(folder)
-    relax = _json(relaxed / RELAX_META) if relaxed else {}
+    relax = read_json(relaxed / RELAX_META) if relaxed else {}
     drawn = Path(str(relax.get("samples"))) if relax else folder
     drawn = drawn if drawn.is_dir() else drawn.parent
     if not (drawn / "samples_meta.json").is_file():
         raise UserError(f"no samples_meta.json in '{drawn}': cannot tell which model drew these samples")
-    meta = _json(drawn / "samples_meta.json")
+    meta = read_json(drawn / "samples_meta.json")
     drew = str(meta.get("checkpoint_sha256") or "")
     if not drew or not sha256.startswith(drew):
         raise UserError(f"the samples in '{drawn}' were drawn by checkpoint sha256 {drew or '(none recorded)'}..., "
