@@ -101,7 +101,7 @@ def ablation(modality: str, name: str, default_minutes: float,
         budgets = opts.minutes or [budget_minutes or default_minutes]
 
         def more() -> list[tuple[str, str]]:  # after the timed jobs, so that it never competes with them
-            trend = gap_section(out, modality, budgets, opts.seeds or [0], PAIRS) if len(budgets) > 1 else []
+            trend = gap_section(out, modality, budgets, PAIRS) if len(budgets) > 1 else []
             return [*trend, *(extra(config, num) if extra else []), ("The paper's claims", __doc__)]
 
         report = run_study(modality, name, CANDIDATES, out, budgets, num, opts, config, more, steps=steps)

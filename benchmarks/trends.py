@@ -93,7 +93,7 @@ def gap_rows(data: dict[str, Any], pairs: list[tuple[str, str]], keys: list[str]
     return out
 
 
-def gap_section(out: str, modality: str, budgets: list[float], seeds: list[int],
+def gap_section(out: str, modality: str, budgets: list[float],
                 pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The report section of :func:`gap_rows` from the finished jobs under ``out`` (every metric column)."""
     metrics = METRICS.get(modality) or {}
