@@ -114,3 +114,26 @@ def test_a_stopped_study_ends_its_jobs():
     _stop_jobs(jobs, grace_s=1.0)
     assert [j.returncode for j in jobs] == [-signal.SIGTERM, -signal.SIGKILL]
     assert time.time() - t0 < 3
+
+
+def _nap(x):
+    time.sleep(0.3)
+    return x
+
+
+def test_ended_workers_leave_no_pool_thread_to_race_the_exit_hook():
+    """CI once printed "OSError: Bad file descriptor" after the interrupt message: Python 3.11's exit hook
+    wrote to the pool's wake-up pipe while the pool's manager thread was closing it. end_workers now
+    returns only once that thread is done."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from unite_sci.parallel import end_workers
+
+    pool = ProcessPoolExecutor(2, mp_context=mp.get_context("spawn"))
+    futures = [pool.submit(_nap, i) for i in range(8)]
+    futures[0].result(timeout=30)  # workers are up and busy
+    manager, wakeup = pool._executor_manager_thread, pool._executor_manager_thread_wakeup
+    end_workers(pool)
+    assert not manager.is_alive()
+    assert wakeup._closed

@@ -222,6 +222,7 @@ def end_workers(pool: ProcessPoolExecutor, grace_s: float = 2.0) -> None:
     """
     # the worker list is private; Python 3.14's terminate_workers() is the public way to the same end
     procs = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown() drops the reference
     pool.shutdown(wait=False, cancel_futures=True)
     for p in procs:
         if p.is_alive():
@@ -232,6 +233,11 @@ def end_workers(pool: ProcessPoolExecutor, grace_s: float = 2.0) -> None:
         if p.is_alive():  # a worker whose initializer installed its own SIGTERM handler
             p.kill()
             p.join(1.0)
+    # The pool's manager thread closes its wake-up pipe once it sees the workers gone. Python 3.11's exit
+    # hook writes to that pipe without a lock: if the interpreter exits while the thread is closing it, the
+    # hook prints "OSError: Bad file descriptor" after our own message. Let the thread finish first.
+    if manager is not None and manager.is_alive():
+        manager.join(grace_s)
 
 
 def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int | None = 1,
