@@ -345,11 +345,14 @@ def run_study(modality: str, name: str, candidates: dict[str, tuple[list[str], s
     cols = ["candidate", "budget", "seeds", *metrics, "what"]
     table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" + "".join(
         "| " + " | ".join(str(r[c]) for c in cols) + " |\n" for r in rows)
+    from unite_sci.engine import load_config
+
+    cpu_clock = load_config(modality, overrides=list(config)).train.budget_clock == "cpu"  # however it was set
     settings = (f"- {len(seeds)} seed(s) {seeds}; {num} samples per job; reconstruction on {recon} test items\n"
                 f"- {jobs_at_once} job(s) at a time with {threads} thread(s) each; budget = "
                 + (f"{steps} optimizer steps per job, no time limit (equal steps)" if steps else
                    ("CPU minutes of training per job, each job's own process (train.budget_clock=cpu)"
-                    if "train.budget_clock=cpu" in config else "wall minutes of training per job")
+                    if cpu_clock else "wall minutes of training per job")
                    + " (sampling and evaluation not counted)") + "\n"
                 f"- Numbers: mean [min–max] over seeds, percent; rmsd in the modality's length unit\n"
                 f"- Config overrides for every job: {config or 'none'}")

@@ -51,6 +51,10 @@ def test_jobs_seeds_sources_and_reuse(tmp_path):
     stamp = (tmp_path / "base_s0" / "eval" / "results.json").stat().st_mtime
     study("toy", "t", CANDIDATES, str(tmp_path), [0.02], 4, overrides)
     assert (tmp_path / "base_s0" / "eval" / "results.json").stat().st_mtime == stamp
+    # the settings name the clock that counted the budget (read from the resolved config)
+    assert "wall minutes of training per job" in report.read_text()
+    study("toy", "t", CANDIDATES, str(tmp_path), [0.02], 4, overrides + ["run=false", "train.budget_clock=cpu"])
+    assert "CPU minutes of training per job" in report.read_text()
 
 
 def test_scaling_plot_reads_budgets_from_job_tags(tmp_path):
