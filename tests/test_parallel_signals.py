@@ -137,3 +137,43 @@ def test_ended_workers_leave_no_pool_thread_to_race_the_exit_hook():
     end_workers(pool)
     assert not manager.is_alive()
     assert wakeup._closed
+
+
+# one item that spends its time inside a single C call, as RDKit's conformer embedding does in PoseBusters
+STUCK = """
+import hashlib, os, sys
+from unite_sci.errors import Interrupted
+from unite_sci.parallel import parallel_map
+from unite_sci.stopping import stop_at_once
+
+def in_c(x):
+    print("started", flush=True)
+    return hashlib.pbkdf2_hmac("sha256", b"x", b"y", 100_000_000)  # ~40 s in C, no bytecode in between
+
+if __name__ == "__main__":
+    try:
+        with stop_at_once("checking the molecules", "nothing was written"):
+            parallel_map(in_c, [0], workers=1, progress=False, isolate=sys.argv[1] == "isolate")
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+"""
+
+
+@pytest.mark.parametrize("mode", ["isolate", pytest.param("in-process", marks=pytest.mark.xfail(
+    strict=True, reason="the handler waits for the C call to return: why isolate exists"))])
+def test_sigterm_ends_an_item_stuck_in_a_c_call_when_it_is_isolated(tmp_path, mode):
+    (tmp_path / "stuck.py").write_text(STUCK)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "stuck.py"), mode], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout.readline().strip() == "started", proc.stderr.read()
+    time.sleep(0.5)  # inside the C call
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=4)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail("SIGTERM during a C call: still running 4 s later")
+    assert rc == 128 + signal.SIGTERM
+    assert proc.stderr.read().strip().endswith("interrupted: SIGTERM while checking the molecules: nothing was written")

@@ -244,7 +244,7 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int | 
                  time_limit_s: float | None = None, *, desc: str | None = None,
                  chunksize: int | None = None, start_method: str = DEFAULT_START_METHOD,
                  progress: bool = True, initializer: Callable[..., None] | None = None,
-                 initargs: tuple = ()) -> list[Outcome]:
+                 initargs: tuple = (), isolate: bool = False) -> list[Outcome]:
     """Apply ``fn`` to every item, in order, in worker processes (see :func:`resolve_workers`).
 
     Args:
@@ -255,13 +255,19 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int | 
             silence a toolkit's logging, which is per process). Never run in this process: the serial
             path would change this process's state for good, so callers that need the same effect
             here wrap the call themselves.
+        isolate: never run items in this process, even with one worker or a short list. For items that
+            spend seconds inside one C call (a toolkit's conformer search): a signal's handler runs only
+            between Python bytecodes, so in this process a SIGTERM or Ctrl-C would wait for the call to
+            return; in a worker it is ended at once (:func:`end_workers`).
     Returns: one :class:`Outcome` per item, in input order.
     """
     workers = resolve_workers(workers)
     limited = _Limited(fn, time_limit_s)
     n = len(items)
     bar = dict(total=n, desc=desc, disable=not progress or n == 0, leave=False, mininterval=1.0)
-    if workers <= 1 or n < 2 * workers:
+    if isolate and n:
+        workers = min(workers, max(1, n // 2))  # as many as the list pays for, but at least one
+    elif workers <= 1 or n < 2 * workers:
         return [limited(x) for x in tqdm(items, **bar)]
     problem = main_reimport_problem(start_method)
     if problem:

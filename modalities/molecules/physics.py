@@ -104,9 +104,11 @@ class _Relax:
 
 def _map(fn: Callable[[tuple], Any], items: list[tuple], workers: int, time_limit_s: float, desc: str,
          progress: bool) -> list[tuple[Any, str]]:
-    """``(value, error)`` per item over the shared pool; toolkits silenced in every process."""
+    """``(value, error)`` per item over the shared pool; toolkits silenced in every process. Always in worker
+    processes (``isolate``): an item can spend seconds in one RDKit or force-field call, which in this
+    process would hold off a Ctrl-C or SIGTERM until it returned."""
     with quiet_toolkits():
-        outs = parallel_map(fn, items, workers, time_limit_s, desc=desc, progress=progress,
+        outs = parallel_map(fn, items, workers, time_limit_s, desc=desc, progress=progress, isolate=True,
                             initializer=silence_toolkits, initargs=(_bonds.RDKIT_LOG_LEVEL,))
     return [(o.value, o.error or "") for o in outs]
 
