@@ -161,10 +161,11 @@ def run_job(modality: str, run: Path, budget_minutes: float, num: int, recon: in
     sample_ov = [o for o in overrides if o.startswith(("sample.", "data."))]
     if source is None and not _trained(run, budget_minutes, steps):
         from unite_sci.engine import load_config, train
+        from unite_sci.finetune import model_keys
 
         cfg = load_config(modality, overrides=overrides + [f"out={run}", "train.progress=false",
                                                             *limit_overrides(budget_minutes, steps)])
-        train(cfg, resume=(run / "checkpoints" / "last.pt").is_file())
+        train(cfg, resume=(run / "checkpoints" / "last.pt").is_file(), given_model_keys=model_keys(None, overrides))
     ckpt = (source or run) / "checkpoints" / "last.pt"
     return run_protocol(modality, run / "eval", None, num, str(ckpt), sample_ov, recon)
 

@@ -1,5 +1,6 @@
 """Structured conditions (unite_sci/conditions.py): embedding formulas, dropout for guidance, guided rows,
 and the adapters' property, composition and chemical-system conditions."""
+import math
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,32 @@ def test_scalar_embedding_follows_its_formula_and_nan_takes_the_null_vector():
     v = torch.tensor([[0.5, float("nan")]])
     e = torch.stack([0.5 * emb.weight[0] + emb.bias[0], emb.null[1]])  # (P, d)
     assert torch.allclose(emb(v), emb.mlp(e.sum(0, keepdim=True)))
+
+
+def test_fourier_scalar_embedding_follows_its_formula_at_full_scale():
+    torch.manual_seed(0)
+    emb = ScalarEmbedder(2, 32, kind="fourier", num_freqs=8)
+    v = torch.tensor([[0.5, float("nan")], [-1.0, 2.0]])
+    rows = []
+    for b in range(2):
+        per = []
+        for i in range(2):
+            if torch.isnan(v[b, i]):
+                per.append(emb.null[i])
+                continue
+            ang = 2 * math.pi * v[b, i] * emb.freqs[i]  # (F,)
+            per.append(torch.cat([ang.sin(), ang.cos()]) @ emb.weight[i] + emb.bias[i])
+        rows.append(torch.stack(per).sum(0))
+    assert torch.allclose(emb(v), emb.mlp(torch.stack(rows)), atol=1e-5)
+    assert "freqs" in dict(emb.named_buffers()) and "freqs" not in dict(emb.named_parameters())  # frozen
+    # the point of it: a z-score of 1 moves the embedding as much as the Xavier scale allows, the linear
+    # kind's by its 0.02 initial weight
+    lin = ScalarEmbedder(1, 32)
+    four = ScalarEmbedder(1, 32, kind="fourier")
+    step = lambda e: (e.embed(torch.ones(1, 1)) - e.embed(torch.zeros(1, 1))).norm().item()
+    assert step(four) > 20 * step(lin)
+    with pytest.raises(ValueError, match="linear' or 'fourier"):
+        ScalarEmbedder(1, 8, kind="sinus")
 
 
 def test_dropout_drops_each_scalar_independently_and_token_sets_whole():

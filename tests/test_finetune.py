@@ -1,6 +1,7 @@
 """Fine-tuning (issue #35, unite_sci/finetune.py): ``train --init-from`` a shipped model by name or a checkpoint,
 the parent's architecture and weights, new element rows, a new condition that leaves the model equal to its
 parent at step 0, the one-line conflict error and the parent's record in config, checkpoint and card."""
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from unite_sci.checkpoint import load_checkpoint
 from unite_sci.cli import main
 from unite_sci.conditions import SCALARS, ConditionSpec
 from unite_sci.engine import load_config, make_adapter
+from unite_sci.errors import UserError
 from unite_sci.files import file_hash
 from unite_sci.finetune import child_config, inherit_weights, load_parent
 from unite_sci.testing import TINY
@@ -84,9 +86,12 @@ def test_a_model_key_that_contradicts_the_parent_is_one_line_naming_it(tmp_path,
     assert toy_train(tmp_path / "same", "--init-from", "toy-test", "model.depth=2") == 0  # agreeing is fine
 
 
-def test_a_new_scalar_condition_leaves_the_model_equal_to_its_parent_at_step_0():
+@pytest.mark.parametrize("kind", ["linear", "fourier"])
+def test_a_new_scalar_condition_leaves_the_model_equal_to_its_parent_at_step_0(kind):
     parent = load_parent("toy-test")
-    cfg = child_config(load_config("toy", overrides=["data.num_train=64", "data.num_test=16"]), parent)
+    words = ["data.num_train=64", "data.num_test=16", f"model.scalar_embedding={kind}"]
+    cfg = child_config(load_config("toy", overrides=words), parent, given={"scalar_embedding"})
+    assert cfg.model.scalar_embedding.value == kind  # the parent has no scalar condition: the child chooses
     torch.manual_seed(1)
     plain, cond = Unite(ToyAdapter(cfg.data), cfg).eval(), Unite(ScalarToy(cfg.data), cfg).eval()
     done = inherit_weights(cond, cond.adapter, parent)
@@ -105,6 +110,14 @@ def test_a_new_scalar_condition_leaves_the_model_equal_to_its_parent_at_step_0()
     cond.train()
     cond.denoiser.denoise(x_t, t, batch.cond, regs, conds=batch.conds).square().sum().backward()
     assert cond.denoiser.conditions.scalars.mlp[-1].weight.grad.abs().sum() > 0
+
+
+def test_a_parent_with_a_scalar_condition_keeps_its_scalar_embedding():
+    parent = load_parent("toy-test")  # older than the key: its scalar embedder (added here) was linear
+    parent = replace(parent, weights={**parent.weights, "denoiser.conditions.scalars.weight": torch.zeros(1, 8)})
+    words = ["data.num_train=64", "data.num_test=16", "model.scalar_embedding=fourier"]
+    with pytest.raises(UserError, match="model.scalar_embedding=fourier conflicts .*model.scalar_embedding=linear"):
+        child_config(load_config("toy", overrides=words), parent, given={"scalar_embedding"})
 
 
 def test_element_rows_follow_the_atomic_number_and_new_ones_start_fresh():

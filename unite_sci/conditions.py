@@ -9,9 +9,9 @@ for guided sampling, without knowing what they mean::
     specs = [ConditionSpec("composition", "tokens")]
     batch.conds = {"composition": (B, M) long}          # ids >= 0; -1 = padding / not given
 
-Scalars enter the time/class vector ``c`` (one embedding per property, a learned null vector where the
-value is absent, summed, then an MLP). Each scalar is dropped independently in training with probability
-``flow.label_dropout``. A token set joins the denoiser's sequence (``aligned``: token j belongs to element
+Scalars enter the time/class vector ``c`` (one embedding per property, linear or Fourier features
+(``model.scalar_embedding``), a learned null vector where the value is absent, summed, then an MLP). Each
+scalar is dropped independently in training with probability ``flow.label_dropout``. A token set joins the denoiser's sequence (``aligned``: token j belongs to element
 j and shares its register position, as input tokens do in tokenize mode; otherwise the tokens sit at one
 shared position, a set) and its mean embedding enters ``c``; it is dropped as a whole.
 """
@@ -109,19 +109,42 @@ class Cond:
 
 
 class ScalarEmbedder(nn.Module):
-    """(B, P) normalised scalars, NaN = absent -> (B, d): per property ``v w_i + b_i`` or its null vector."""
+    """(B, P) normalised scalars, NaN = absent -> (B, d): per property an embedding ``e_i(v)`` or its null
+    vector, summed over properties, then SiLU and a Linear.
 
-    def __init__(self, num: int, width: int):
+    ``kind="linear"``: ``e_i(v) = v w_i + b_i`` with ``w_i ~ N(0, 0.02)``, the size of a class label's row.
+    ``kind="fourier"``: ``e_i(v) = [sin, cos](2 pi v f_i) A_i + b_i`` with ``num_freqs`` frozen frequencies
+    ``f_i ~ N(0, 1)`` (the values are z-scores, so one period spans about one standard deviation) and ``A_i``
+    Xavier-initialised: the value's path starts at full scale, as the time's does (:class:`TimeEmbedder`),
+    not fifty times below it."""
+
+    def __init__(self, num: int, width: int, kind: str = "linear", num_freqs: int = 64):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(num, width) * 0.02)
+        if kind not in ("linear", "fourier"):
+            raise ValueError(f"scalar embedding must be 'linear' or 'fourier', got {kind!r}")
+        self.kind = kind
+        if kind == "linear":
+            self.weight = nn.Parameter(torch.randn(num, width) * 0.02)
+        else:
+            self.register_buffer("freqs", torch.randn(num, num_freqs))  # frozen: a buffer, never trained
+            bound = math.sqrt(6.0 / (2 * num_freqs + width))  # Xavier-uniform per property
+            self.weight = nn.Parameter(torch.empty(num, 2 * num_freqs, width).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.zeros(num, width))
         self.null = nn.Parameter(torch.randn(num, width) * 0.02)
         self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(width, width))
 
+    def embed(self, v: Tensor) -> Tensor:
+        """(B, P) values, none NaN -> (B, P, d) per-property embeddings before the null is chosen."""
+        v = v.to(self.weight.dtype)
+        if self.kind == "linear":
+            return v.unsqueeze(-1) * self.weight + self.bias
+        ang = 2 * math.pi * v.unsqueeze(-1) * self.freqs  # (B, P, F)
+        feats = torch.cat([ang.sin(), ang.cos()], dim=-1)  # (B, P, 2F)
+        return torch.einsum("bpf,pfd->bpd", feats, self.weight) + self.bias
+
     def forward(self, values: Tensor) -> Tensor:
         given = ~torch.isnan(values)  # (B, P)
-        v = torch.nan_to_num(values).unsqueeze(-1).to(self.weight.dtype)  # (B, P, 1)
-        e = torch.where(given.unsqueeze(-1), v * self.weight + self.bias, self.null)  # (B, P, d)
+        e = torch.where(given.unsqueeze(-1), self.embed(torch.nan_to_num(values)), self.null)  # (B, P, d)
         return self.mlp(e.sum(1))  # (B, d)
 
 
@@ -149,10 +172,12 @@ class TokenCondition(nn.Module):
 class ConditionEncoder(nn.Module):
     """All of an adapter's structured conditions -> a vector for ``c`` and extra sequence tokens."""
 
-    def __init__(self, specs: list[ConditionSpec], width: int, token_embedders: dict[str, nn.Module]):
+    def __init__(self, specs: list[ConditionSpec], width: int, token_embedders: dict[str, nn.Module],
+                 scalar_embedding: str = "linear"):
         super().__init__()
         self.scalar_names = [s.name for s in specs if s.kind == "scalar"]
-        self.scalars = ScalarEmbedder(len(self.scalar_names), width) if self.scalar_names else None
+        self.scalars = (ScalarEmbedder(len(self.scalar_names), width, scalar_embedding) if self.scalar_names
+                        else None)
         missing = [s.name for s in specs if s.kind == "tokens" and s.name not in token_embedders]
         if missing:
             raise ValueError(f"token condition(s) {missing} have no embedder (adapter.build_condition_embedders)")

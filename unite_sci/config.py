@@ -58,6 +58,11 @@ class Precision(Choice):
     bf16 = "bf16"
 
 
+class ScalarEmbedding(Choice):
+    linear = "linear"    # v w + b, w ~ N(0, 0.02): starts at a fiftieth of the time embedding's scale
+    fourier = "fourier"  # [sin, cos](2 pi v W), W ~ N(0, 1) frozen, then Linear: full scale from the start
+
+
 class Solver(Choice):
     euler = "euler"
     heun = "heun"
@@ -80,6 +85,7 @@ class ModelConfig:
     in_context_tokens: int = non_negative(0)  # public image code: 32 copies of the condition from block 4
     in_context_start: int = 4
     shared_weights: bool = True         # ablation: False = separate encoder and denoiser
+    scalar_embedding: ScalarEmbedding = ScalarEmbedding.linear  # how a scalar condition (a property) enters c
 
     def constraints(self) -> Iterator[tuple[str, str]]:
         from .model import PRESETS  # the model module loads torch: not needed to read a config

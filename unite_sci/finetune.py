@@ -93,13 +93,21 @@ def model_keys(config_file: str | None, overrides: Iterable[str]) -> set[str]:
     return keys
 
 
+CHILD_KEYS = {"scalar_embedding"}  # model keys that shape only modules a parent without scalar conditions lacks
+
+
 def child_config(cfg: RunConfig, parent: Parent, given: Iterable[str] = ()) -> RunConfig:
     """``cfg`` with the parent's ``model`` section and the parent's facts in ``init_from``.
 
     ``given``: the ``model.*`` keys (without the prefix) the user set; one set to a value other than the
     parent's is refused, naming it."""
-    theirs = parent.config.get("model") or {}
+    theirs = dict(parent.config.get("model") or {})
     mine = OmegaConf.to_container(OmegaConf.structured(cfg.model))
+    for key in set(given) & CHILD_KEYS:
+        if not any(".conditions.scalars." in n for n in parent.weights):  # no scalar condition in the parent:
+            theirs[key] = mine[key]  # how a new one is embedded is the child's choice
+        else:
+            theirs.setdefault(key, ModelConfig.scalar_embedding.value)  # a parent older than the key: linear
     for key in sorted(given):
         if key in theirs and mine.get(key) != theirs[key]:
             raise UserError(f"model.{key}={mine.get(key)} conflicts with the parent {parent.source!r} "

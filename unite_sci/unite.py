@@ -66,7 +66,8 @@ class Unite(nn.Module):
         specs = adapter.condition_specs() if hasattr(adapter, "condition_specs") else []
 
         def make_ge() -> GenerativeEncoder:
-            conditions = (ConditionEncoder(specs, a.width, adapter.build_condition_embedders(a.width))
+            conditions = (ConditionEncoder(specs, a.width, adapter.build_condition_embedders(a.width),
+                                           scalar_embedding=m.scalar_embedding.value)
                           if specs else None)
             return GenerativeEncoder(adapter.layout, m.latent_dim, width=a.width, depth=a.depth, heads=a.heads,
                                      num_classes=adapter.num_classes, mlp_ratio=m.mlp_ratio,
