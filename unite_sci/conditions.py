@@ -11,9 +11,10 @@ for guided sampling, without knowing what they mean::
 
 Scalars enter the time/class vector ``c`` (one embedding per property, linear or Fourier features
 (``model.scalar_embedding``), a learned null vector where the value is absent, summed, then an MLP). Each
-scalar is dropped independently in training with probability ``flow.label_dropout``. A token set joins the denoiser's sequence (``aligned``: token j belongs to element
-j and shares its register position, as input tokens do in tokenize mode; otherwise the tokens sit at one
-shared position, a set) and its mean embedding enters ``c``; it is dropped as a whole.
+scalar is dropped independently in training with probability ``flow.label_dropout``. A token set joins the
+denoiser's sequence (``aligned``: token j belongs to element j and shares its register position, as input
+tokens do in tokenize mode; otherwise the tokens sit at one shared position, a set) and its mean embedding
+enters ``c``; it is dropped as a whole.
 """
 from __future__ import annotations
 
