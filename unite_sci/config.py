@@ -59,8 +59,8 @@ class Precision(Choice):
 
 
 class ScalarEmbedding(Choice):
-    linear = "linear"    # v w + b, w ~ N(0, 0.02): starts at a fiftieth of the time embedding's scale
-    fourier = "fourier"  # [sin, cos](2 pi v W), W ~ N(0, 1) frozen, then Linear: full scale from the start
+    linear = "linear"    # v w + b, w ~ N(0, 0.02): the value's path starts as small as a class label's row
+    fourier = "fourier"  # [sin, cos](2 pi v W), W ~ N(0, 1) frozen, then a Xavier Linear: full scale from the start
 
 
 class Solver(Choice):
