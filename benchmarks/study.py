@@ -386,6 +386,8 @@ MP20_CANDIDATES: dict[str, tuple[list[str], str]] = {
     "latent32": (["model.latent_dim=32"], "capacity of the latent: width 32 per atom instead of 16"),
     "typew3": (["data.type_weight=3.0"], "objective: atom-type loss weight 3 instead of 1 (coordinates 3)"),
     "shift1": (["flow.shift=1.0"], "objective: no time shift of the flow (a = 1)"),
+    "lemat": (["data.extra_train=lemat"], "data: the extended protocol, MP-20 offline + the shipped LeMat-Bulk "
+              "crystals (training only)"),
     "half": (["data.num_train=4900"], "data: the first half of the protocol's training crystals (4,900 of 9,805)"),
     "base+comp": (["from:base", "data.type_decode=composition"],
                   "base checkpoints, types among the elements the composition head predicts present"),

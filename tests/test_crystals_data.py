@@ -306,3 +306,74 @@ def test_a_first_parse_says_how_long_it_will_take(tmp_path, monkeypatch, capsys)
                    "data set's first use: about 20 s, once"]
     parse_file(HERE / "mp20_val_40.csv.gz", 20, cache_dir=tmp_path, progress=False)
     assert capsys.readouterr().err == ""  # cached: silent
+
+
+# ----------------------------------------------------------------------------- the extended protocol
+def _extended_root(tmp_path: Path) -> Path:
+    """The offline fixture plus a ``lemat/train.csv`` holding the six canonical test rows."""
+    root = tmp_path / "root"
+    shutil.copytree(HERE / "offline", root)
+    (root / "lemat").mkdir()
+    shutil.copy(HERE / "mp20_test_rows.csv", root / "lemat" / "train.csv")
+    return root
+
+
+def test_extra_training_crystals_join_train_only_and_rename_the_protocol(tmp_path):
+    root = _extended_root(tmp_path)
+    kw = dict(offline_root=root, cache_dir=tmp_path / "cache", progress=False, holdout_fraction=0.25, seed=3)
+    plain = {s: load_split("mp20", s, **kw) for s in ("train", "val", "test")}
+    ext = {s: load_split("mp20", s, extra_train="lemat", **kw) for s in ("train", "val", "test")}
+    extra_ids = [r["material_id"] for r in cdata.read_rows(root / "lemat" / "train.csv")]
+    assert ext["train"].ids == plain["train"].ids + extra_ids  # the data set's own first, none held out
+    assert ext["val"].ids == plain["val"].ids and ext["test"].ids == plain["test"].ids
+    assert {c.protocol for c in ext.values()} == {"MP-20 offline + LeMat"}
+    assert {c.protocol for c in plain.values()} == {"MP-20 offline"}
+    assert ext["train"].lengths.shape == (len(plain["train"]) + 6, 3)
+    first = load_split("mp20", "train", extra_train="lemat", limit=4, **kw)  # a limit takes the data set's first
+    assert first.ids == plain["train"].ids[:4]
+
+
+def test_extra_training_crystals_refuse_unknown_names_and_other_data_sets(tmp_path):
+    with pytest.raises(ConfigError, match="extra_train='oqmd': available for mp20: none, lemat"):
+        load_split("mp20", "train", extra_train="oqmd", cache_dir="")
+    with pytest.raises(ConfigError, match="extra_train='lemat'"):
+        load_split("perov5", "train", extra_train="lemat", cache_dir="")
+
+
+def test_the_shipped_lemat_file_matches_its_checksum_and_holds_no_mp20_crystal():
+    path = cdata.SHIPPED_ROOT / "lemat" / "train.csv.gz"
+    cdata.verify_checksum(path)
+    rows = cdata.read_rows(path)
+    known = {r["material_id"] for name in ("test", "val", "train_partial")
+             for r in cdata.read_rows(cdata.SHIPPED_ROOT / "mp_20" / f"{name}.csv.gz")}
+    assert len(rows) > 4000 and not known & {r["material_id"] for r in rows}
+    assert {r["source"].split("/")[1] for r in rows} == {"mp", "alexandria", "oqmd", "aflow"}
+
+
+def test_build_lemat_keeps_only_new_crystals(tmp_path):
+    import tarfile
+
+    from unite_sci_modalities.crystals.build_lemat import build
+    rows = cdata.read_rows(HERE / "mp20_test_rows.csv")
+    parsed = parse_file(HERE / "mp20_test_rows.csv", 20, cache_dir="", progress=False)
+    z, frac = parsed.items(np.arange(6))
+
+    def crystals(i: int) -> Crystals:
+        return Crystals([z[i]], [frac[i]], parsed.lengths[i:i + 1], parsed.angles[i:i + 1], [str(i)], "ref")
+
+    known = cdata.read_rows(cdata.SHIPPED_ROOT / "mp_20" / "val.csv.gz")[0]["material_id"]
+    members = {"mp": [(f"mp_{known}", 1), ("mp_mp-0000001", 0)], "alexandria": [("alexandria_x", 2)],
+               "oqmd": [("oqmd_a", 3), ("oqmd_b", 4)], "aflow": [("JVASP-1_y", 3)]}
+    for db, items in members.items():
+        folder = tmp_path / db
+        folder.mkdir()
+        for stem, i in items:
+            (folder / f"{stem}.cif").write_text(rows[i]["cif"])
+        with tarfile.open(tmp_path / f"lemat_{db}.tar.gz", "w:gz") as tar:
+            tar.add(folder, arcname=db)
+    counts = build(tmp_path, tmp_path / "out", references={"test": crystals(0), "train": crystals(2)})
+    assert counts == {"mp20_id": 1, "matches_test": 1, "matches_train": 1, "matches_repeat": 1, "kept": 2}
+    out = cdata.read_rows(tmp_path / "out" / "train.csv.gz")
+    assert [r["material_id"] for r in out] == ["oqmd_a", "oqmd_b"] and out[0]["cif"] == rows[3]["cif"]
+    assert out[0]["source"] == "LeMat-Bulk/oqmd"
+    cdata.verify_checksum(tmp_path / "out" / "train.csv.gz")  # the SHA256SUMS it wrote holds

@@ -74,6 +74,8 @@ class CrystalConfig:
     max_atoms: int = ranged(0, lo=0, hi=512, note="0 = the data set's limit")  # MP-20 20, Perov-5 5,
                                         # Carbon-24 24
     num_train: int = non_negative(0)    # 0: the whole split; >0 the first n (quick runs, tests)
+    extra_train: str = one_of("none", ("none", *cdata.EXTRA_TRAIN))  # extended protocol: "lemat" adds the
+                                        # shipped LeMat-Bulk crystals (build_lemat.py) to training only
     num_val: int = non_negative(0)
     num_test: int = non_negative(0)
     load_workers: int = non_negative(0)  # CIF parsing processes (first load only, then cached); 0: all cores
@@ -196,7 +198,8 @@ class CrystalAdapter(AdapterBase):
         info = cdata.DATASETS[cfg.dataset]
         self.max_atoms = cfg.max_atoms or info.max_atoms
         self.layout = RegisterLayout(True, self.max_atoms, extra=1)
-        self.protocol = info.name + ("" if cfg.data_dir else " offline")  # named in every report
+        self.protocol = info.name + ("" if cfg.data_dir else " offline") + (  # named in every report
+            "" if cfg.extra_train == "none" else f" + {cdata.EXTRA_TRAIN[cfg.extra_train][1]}")
         self.count_dist = torch.zeros(self.max_atoms + 1, dtype=torch.float64)
         self.lattice_mean = torch.zeros(6)
         self.lattice_std = torch.ones(6)
@@ -211,7 +214,8 @@ class CrystalAdapter(AdapterBase):
         return cdata.load_split(c.dataset, split, c.data_dir, offline_root=c.offline_root,
                                 holdout_fraction=c.holdout_fraction, seed=c.split_seed, max_atoms=self.max_atoms,
                                 workers=resolve_workers(c.load_workers), cache_dir=c.cache_dir, progress=False,
-                                limit={"train": c.num_train, "val": c.num_val, "test": c.num_test}[split])
+                                limit={"train": c.num_train, "val": c.num_val, "test": c.num_test}[split],
+                                extra_train=c.extra_train)
 
     def build_splits(self) -> dict[str, cdata.Crystals]:
         if self._splits is None:

@@ -67,6 +67,10 @@ DATASETS: dict[str, DatasetInfo] = {
     "carbon24": DatasetInfo("carbon_24", "Carbon-24", 24, None),
 }
 SPLITS = ("train", "val", "test")
+# Extended protocols: real crystals beyond the data set's own, added to its training split only (never to val or
+# test) and named in the protocol, so an extended run is never read as the canonical one. name -> (folder of the
+# offline root or the shipped copies holding train.csv.gz, protocol suffix). Built by build_lemat.py.
+EXTRA_TRAIN: dict[str, tuple[str, str]] = {"lemat": ("lemat", "LeMat")}
 EXPECTED_MISSING = "missing_cif_expected"  # rows of a partial file: not counted as bad
 
 
@@ -356,7 +360,7 @@ def load_split(dataset: str = "mp20", split: str = "train", data_dir: str | Path
                offline_root: str | Path | None = None, holdout_fraction: float = 0.1, seed: int = 0,
                max_atoms: int | None = None, min_distance: float = 0.5, max_skip_fraction: float = 0.05,
                workers: int = 1, cache_dir: str | Path | None = None, progress: bool = True,
-               limit: int = 0) -> Crystals:
+               limit: int = 0, extra_train: str = "none") -> Crystals:
     """Load one split of a crystal data set.
 
     data_dir: folder with the canonical ``train/val/test.csv(.gz)`` -> canonical protocol; None -> the
@@ -365,6 +369,8 @@ def load_split(dataset: str = "mp20", split: str = "train", data_dir: str | Path
     limit: > 0 keeps the split's first ``limit`` crystals, the same ones as the whole split's first; a file
     not yet cached is then parsed only as far as needed (a quick run or a test needs seconds, not minutes),
     and ``skipped`` counts only the rows parsed.
+    extra_train: "none", or a name of ``EXTRA_TRAIN`` whose crystals join the training split after the data
+    set's own (after them, so ``limit`` takes the data set's first); every split's protocol then says so.
     """
     if dataset not in DATASETS:
         raise ConfigError(f"unknown crystal dataset {dataset!r}; available: {', '.join(DATASETS)}")
@@ -372,6 +378,8 @@ def load_split(dataset: str = "mp20", split: str = "train", data_dir: str | Path
         raise ConfigError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
     if not 0.0 < holdout_fraction < 1.0:
         raise ConfigError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    if extra_train != "none" and (extra_train not in EXTRA_TRAIN or dataset != "mp20"):
+        raise ConfigError(f"extra_train={extra_train!r}: available for mp20: none, {', '.join(EXTRA_TRAIN)}")
     info = DATASETS[dataset]
     max_atoms = max_atoms or info.max_atoms
 
@@ -429,8 +437,35 @@ def load_split(dataset: str = "mp20", split: str = "train", data_dir: str | Path
             skip_sel |= ~skip_has_cif
         picks.append((parsed, np.flatnonzero(cand)))
         skips.append((parsed, skip_sel, partial))
+    if extra_train != "none":
+        protocol = f"{protocol} + {EXTRA_TRAIN[extra_train][1]}"
     out = _assemble(protocol, picks, skips)
+    if extra_train != "none" and split == "train" and not (limit and len(out) >= limit):
+        out = _join(out, _extra(extra_train, offline_root, max_atoms, min_distance, max_skip_fraction, workers,
+                                cache_dir, progress))
     return out.subset(np.arange(min(limit, len(out)))) if limit else out
+
+
+def _extra(name: str, offline_root: str | Path | None, max_atoms: int, min_distance: float,
+           max_skip_fraction: float, workers: int, cache_dir: str | Path | None, progress: bool) -> Crystals:
+    """The crystals of an extended protocol's extra training file (all its rows: none is held out)."""
+    folder = EXTRA_TRAIN[name][0]
+    roots = [Path(offline_root) if offline_root else default_offline_root(), SHIPPED_ROOT]
+    path = next((p for p in (_find(r / folder, "train") for r in roots) if p is not None), None)
+    if path is None:
+        raise DataError(f"{SHIPPED_ROOT / folder / 'train.csv.gz'}: file not found (extra_train={name})")
+    parsed = parse_file(path, max_atoms, min_distance, workers, cache_dir, progress)
+    _check_skips(path, parsed, False, max_skip_fraction)
+    return _assemble("", [(parsed, np.arange(len(parsed.rows)))], [(parsed, None, False)])
+
+
+def _join(first: Crystals, extra: Crystals) -> Crystals:
+    """``first`` then ``extra``, under ``first``'s protocol; skip counts added."""
+    skipped = Counter(first.skipped)
+    skipped.update(extra.skipped)
+    return Crystals(first.z + extra.z, first.frac + extra.frac, np.concatenate([first.lengths, extra.lengths]),
+                    np.concatenate([first.angles, extra.angles]), first.ids + extra.ids, first.protocol,
+                    dict(skipped))
 
 
 def _parse_first(sources: list[tuple[Path, bool]], files: list, wanted: list[np.ndarray], limit: int,
