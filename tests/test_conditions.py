@@ -258,6 +258,32 @@ def test_crystal_conditions_refuse_bad_input(crystal_model):
     assert (conds["composition"] == -1).all() and conds["chemsys"].tolist() == [[2, 7, 25]] * 3
 
 
+def test_the_atom_count_condition_states_the_count_and_fixes_it_when_given():
+    from unite_sci.engine import load_config, make_adapter
+
+    from unite_sci_modalities.crystals.conditioning import CrystalConditions
+
+    c = CrystalConditions(["num_atoms"], 20)
+    assert c.count_value(torch.tensor([10, 15, 1])).squeeze(1).tolist() == pytest.approx([0.0, 1.0, -1.8])  # (n-10)/5
+    cfg = load_config("mp20", overrides=TINY + MP20_FIXTURE + ["data.condition_on=[num_atoms]", "sample.steps=2"])
+    adapter = make_adapter(cfg)
+    train = adapter.build_splits()["train"]
+    b = adapter.collate([train[i] for i in range(4)])
+    assert torch.allclose(b.conds[SCALARS][:, 0], (b.mask.sum(1).float() - 10) / 5) and "composition" not in b.conds
+    conds, sizes = adapter.draw_conditions(3, torch.Generator().manual_seed(0), {"num_atoms": "7"})
+    assert sizes.tolist() == [7] * 3 and torch.allclose(conds[SCALARS], torch.full((3, 1), -0.6))
+    conds, sizes = adapter.draw_conditions(50, torch.Generator().manual_seed(0), {})  # not given: the drawn count
+    assert set(sizes.tolist()) <= set(train.num_atoms.tolist()) and torch.allclose(conds[SCALARS][:, 0],
+                                                                                   (sizes.float() - 10) / 5)
+    model = Unite(adapter, cfg)
+    assert model.encoder.conditions.scalar_names == ["num_atoms"]
+    assert torch.isfinite(model.train()(b)[0])
+    for given, msg in [({"num_atoms": "21"}, "1 to 20 atoms"), ({"num_atoms": "x"}, "not a number"),
+                       ({"num_atoms": 2.5}, "1 to 20")]:
+        with pytest.raises(UserError, match=msg):
+            adapter.draw_conditions(2, torch.Generator(), given)
+
+
 def test_a_layout_without_elements_puts_condition_tokens_at_one_position():
     from unite_sci.model import GenerativeEncoder
 

@@ -48,7 +48,7 @@ from unite_sci.schema import Choice, non_negative, one_of, positive, ranged
 
 from ..atoms import MAX_Z
 from . import data as cdata
-from .conditioning import CrystalConditions
+from .conditioning import NAMES, CrystalConditions
 from .elements import ElementFeatures
 from .metrics import OXIDATION_SETS
 
@@ -101,7 +101,8 @@ class CrystalConfig:
                                         # against this many test crystals (CDVAE uses the whole test split)
     space_groups: bool = True           # space groups of samples against the training crystals' (symmetry.py)
     condition_on: list = field(default_factory=list)  # composition (atom types given: structure prediction)
-                                        # and/or chemsys (a set of elements); see conditioning.py
+                                        # and/or chemsys (a set of elements) and/or num_atoms (the atom
+                                        # count as a scalar, always stated when sampling); see conditioning.py
     coverage: bool = False              # COV-R / COV-P (CDVAE, matminer) against the wasserstein_reference
                                         # crystals: about 0.1 s per crystal for the fingerprints
     physics: bool = False               # evaluate: CHGNet relaxation (unless the folder came from `relax`),
@@ -119,9 +120,9 @@ class CrystalConfig:
                                        "nor an oxidation-state file")
         if self.type_decode == "composition" and self.composition_weight == 0:
             yield "type_decode", "composition needs the composition head (data.composition_weight > 0)"
-        bad = [n for n in self.condition_on if n not in ("composition", "chemsys")]
+        bad = [n for n in self.condition_on if n not in NAMES]
         if bad:
-            yield "condition_on", f"unknown crystal condition(s) {bad}; valid: composition, chemsys"
+            yield "condition_on", f"unknown crystal condition(s) {bad}; valid: {', '.join(NAMES)}"
         if self.coverage and not self.wasserstein_reference:
             yield "coverage", "coverage needs reference crystals (data.wasserstein_reference > 0)"
 
@@ -292,7 +293,7 @@ class CrystalAdapter(AdapterBase):
         return self.conditions.specs() if self.conditions is not None else []
 
     def build_condition_embedders(self, width: int) -> dict[str, nn.Module]:
-        return {name: nn.Embedding(NUM_TYPES, width) for name in (self.conditions.names if self.conditions else [])}
+        return {name: nn.Embedding(NUM_TYPES, width) for name in (self.conditions.token_names if self.conditions else [])}
 
     def draw_conditions(self, num: int, generator: torch.Generator, given: dict[str, Any]):
         if self.conditions is None:

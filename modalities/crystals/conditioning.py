@@ -9,6 +9,9 @@ system (a set of elements).
 register i's position), so the denoiser knows every atom's element and generates coordinates and lattice;
 the decoded types are then set to the given ones (``apply``), as DiffCSP and FlowMM take the atom types as
 given. ``chemsys``: the set of elements present, unordered; the model chooses counts and structure.
+``num_atoms``: the cell's atom count as a scalar condition, ``(n - max_atoms / 2) / (max_atoms / 4)``: the
+denoiser is told the count through adaLN instead of inferring it from how many registers it sees
+(``--condition num_atoms=7``; not given, it is the drawn count, so sampling always states it).
 Conditions not given at sampling are drawn together from a training crystal. The training crystals' atomic
 numbers are kept in the adapter's state (``state_dict``: one byte per atom, about 0.1 MB for MP-20), so a
 checkpoint samples with no data files at hand.
@@ -22,10 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unite_sci.conditions import ConditionSpec
+from unite_sci.conditions import SCALARS, ConditionSpec
 from unite_sci.errors import UserError
 
-NAMES = ("composition", "chemsys")
+NAMES = ("composition", "chemsys", "num_atoms")
+TOKEN_NAMES = ("composition", "chemsys")
 
 
 def parse_elements(text: str, what: str) -> list[int]:
@@ -99,7 +103,17 @@ class CrystalConditions:
             self.pool = [flat[e - n:e] for e, n in zip(ends, state["condition_pool_sizes"].numpy())]
 
     def specs(self) -> list[ConditionSpec]:
-        return [ConditionSpec(n, "tokens", aligned=(n == "composition")) for n in self.names]
+        return [ConditionSpec(n, "tokens", aligned=(n == "composition")) if n in TOKEN_NAMES
+                else ConditionSpec(n, "scalar") for n in self.names]
+
+    @property
+    def token_names(self) -> list[str]:
+        return [n for n in self.names if n in TOKEN_NAMES]
+
+    def count_value(self, sizes: Tensor) -> Tensor:
+        """Atom counts (B,) -> the normalised ``num_atoms`` scalar column (B, 1)."""
+        half = self.max_atoms / 2
+        return ((sizes.float() - half) / (half / 2)).unsqueeze(1)
 
     def from_types(self, types: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """Batch conditions from per-atom type ids (B, N) (0..99) and the atom mask."""
@@ -109,6 +123,8 @@ class CrystalConditions:
             out["composition"] = ids
         if "chemsys" in self.names:
             out["chemsys"] = element_set(ids)
+        if "num_atoms" in self.names:
+            out[SCALARS] = self.count_value(mask.sum(1))
         return out
 
     def draw(self, num: int, gen: torch.Generator, given: dict[str, Any], train_z: Callable[[], list[np.ndarray]]
@@ -120,14 +136,21 @@ class CrystalConditions:
             raise UserError(f"unknown condition(s) {unknown}: this checkpoint takes {', '.join(self.names)}")
         if "composition" in given and "chemsys" in given:
             raise UserError("give a composition or a chemical system, not both")
+        n_given = self._count(given.get("num_atoms"))
         if "composition" in given:
             z = parse_elements(given["composition"], "composition")
             if not 0 < len(z) <= self.max_atoms:
                 raise UserError(f"composition {given['composition']!r} has {len(z)} atoms; this model makes "
                                 f"1 to {self.max_atoms} per cell")
+            if n_given is not None and n_given != len(z):
+                raise UserError(f"num_atoms={n_given} but composition {given['composition']!r} has {len(z)} atoms")
             atoms = [np.asarray(z) - 1] * num
         else:
             pool = self.pool if self.pool is not None else train_z()
+            if n_given is not None:  # other conditions drawn from training crystals of that size
+                pool = [z for z in pool if len(z) == n_given]
+                if not pool:
+                    raise UserError(f"num_atoms={n_given}: no training crystal has that many atoms")
             atoms = [np.asarray(pool[i]) - 1 for i in torch.randint(len(pool), (num,), generator=gen).tolist()]
         types, sizes = pad_types(atoms)
         mask = types >= 0
@@ -138,6 +161,18 @@ class CrystalConditions:
             if "composition" in self.names:  # the atoms' elements are the model's to choose
                 out["composition"] = torch.full_like(out["composition"], -1)
         return out, sizes
+
+    def _count(self, value: Any) -> int | None:
+        """A user's ``num_atoms`` as an int in 1..max_atoms, or None when not given."""
+        if value is None:
+            return None
+        try:
+            n = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"num_atoms {value!r} is not a number") from None
+        if n != int(n) or not 1 <= n <= self.max_atoms:
+            raise UserError(f"num_atoms {value!r}: this model makes 1 to {self.max_atoms} atoms per cell")
+        return int(n)
 
     @staticmethod
     def apply(out: dict[str, Tensor], conds: dict[str, Tensor]) -> dict[str, Tensor]:
