@@ -388,6 +388,8 @@ MP20_CANDIDATES: dict[str, tuple[list[str], str]] = {
     "shift1": (["flow.shift=1.0"], "objective: no time shift of the flow (a = 1)"),
     "lemat": (["data.extra_train=lemat"], "data: the extended protocol, MP-20 offline + the shipped LeMat-Bulk "
               "crystals (training only)"),
+    "separate": (["model.shared_weights=false"], "a separate encoder and denoiser, trained jointly (not the "
+                 "shared GE)"),
     "count": (["data.condition_on=[num_atoms]"], "representation: the atom count as a scalar condition of the "
               "denoiser (adaLN), not only implied by how many registers it sees"),
     "half": (["data.num_train=4900"], "data: the first half of the protocol's training crystals (4,900 of 9,805)"),
