@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from unite_sci import collapse
@@ -119,3 +120,35 @@ def test_the_end_of_a_run_warns_when_its_log_shows_a_stalled_reconstruction(tmp_
     assert stalled_warning(log) and "reconstruction stalled" in capsys.readouterr().err
     log.write_text("\n".join(json.dumps({**r, "rec": 0.5 / (1 + r["step"])}) for r in rows) + "\n")
     assert stalled_warning(log) is None and capsys.readouterr().err == ""
+
+
+def test_a_denoiser_that_ignores_its_input_is_named():
+    # the one-shot errors measured on MP-20's two 15-minute seeds (diagnose's keys)
+    def latent(errors: dict[float, float]) -> dict[str, float]:
+        out = {f"one_shot/t={t:g}/mse_x1_hat": e for t, e in errors.items()}
+        return {**out, **{f"one_shot/t={t:g}/mse_x_t": (1 - t) ** 2 * 2 for t in errors}}
+
+    healthy = latent({0.3: 0.677, 0.6: 0.155, 0.9: 0.0092, 0.99: 0.0030})
+    blind = latent({0.3: 1.604, 0.6: 1.604, 0.9: 1.604, 0.99: 1.604})
+    assert collapse.denoiser_blind(healthy) is None and collapse.denoiser_blind({}) is None
+    line = collapse.denoiser_blind(blind)
+    assert line.startswith("the denoiser does not read its input") and "model.shared_weights=false" in line
+    assert health_warnings({}, [], blind) == [line]
+
+
+def test_diagnose_finds_a_real_denoiser_made_blind(tmp_path):
+    from test_trainer import make_trainer
+
+    from unite_sci.diagnose import latent_diagnostics
+    from unite_sci.engine import load_model
+
+    # 40 steps: its error falls from 0.34 at t = 0.3 to 0.10 at t = 0.98 (measured), far from blind
+    ckpt = make_trainer(tmp_path / "run", "train.max_steps=40", "train.ckpt_every=40", "optim.lr=0.003",
+                        "model.shared_weights=false").fit()["checkpoint"]
+    loaded = load_model(ckpt, "cpu")
+    items = [loaded.adapter.build_splits()["test"][i] for i in range(8)]
+    seen = latent_diagnostics(loaded.model, loaded.adapter, items, ode_steps=1, progress=False)["latent"]
+    with torch.no_grad():
+        loaded.model.denoiser.x_embed.weight.zero_()  # x_t no longer reaches the network
+    blind = latent_diagnostics(loaded.model, loaded.adapter, items, ode_steps=1, progress=False)["latent"]
+    assert collapse.denoiser_blind(seen) is None and collapse.denoiser_blind(blind) is not None

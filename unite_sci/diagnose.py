@@ -164,7 +164,7 @@ def run_diagnose(checkpoint: str, out: str | None = None, num: int = 300, seed: 
             generate(model, adapter, one, len(items), progress=progress)[0])
     report.update({"num_items": len(items), "seed": seed, "ode_steps": ode_steps, "sampler": info,
                    "wall_s": round(time.time() - t0, 1), **provenance(loaded)})
-    report["warnings"] = health_warnings(report["rows"], training_rows(checkpoint))
+    report["warnings"] = health_warnings(report["rows"], training_rows(checkpoint), report["latent"])
     for line in report["warnings"]:
         collapse.warn(line)
     if folder is not None:
@@ -192,12 +192,15 @@ def training_rows(checkpoint: str | Path) -> list[dict[str, Any]]:
     return []
 
 
-def health_warnings(rows: dict[str, dict[str, float]], logged: list[dict[str, Any]]) -> list[str]:
-    """Collapse of the generated rows (``collapse.collapse_warning``) and a stalled reconstruction in the
-    training log (``collapse.reconstruction_stalled``), one line each."""
+def health_warnings(rows: dict[str, dict[str, float]], logged: list[dict[str, Any]],
+                    latent: dict[str, float] | None = None) -> list[str]:
+    """Collapse of the generated rows (``collapse.collapse_warning``), a stalled reconstruction in the
+    training log (``collapse.reconstruction_stalled``) and a denoiser blind to its input
+    (``collapse.denoiser_blind``), one line each."""
     found = [collapse.collapse_warning(r, f"{stage} samples") for stage, r in rows.items()
              if stage.startswith("generated")]
     found.append(collapse.reconstruction_stalled(logged))
+    found.append(collapse.denoiser_blind(latent or {}))
     return [w for w in found if w]
 
 
