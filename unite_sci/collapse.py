@@ -15,7 +15,7 @@ flow loss fell to 0.01 and its reconstruction loss stayed flat. Two checks catch
   fell by at least ``FLOW_DROP`` of its start while the reconstruction loss fell by less than ``REC_DROP``.
   Then the denoiser fits latents that the decoder does not use, and low flow loss means nothing.
 - :func:`denoiser_blind` reads ``diagnose``'s one-shot latent errors: an x-prediction whose error does not fall
-  as t -> 1 ignores its input x_t and predicts about the mean latent; samples decode that mean. Seen on MP-20:
+  as t -> 1 ignores its input x_t and predicts about the mean latent; samples decode that mean. Seen on crystals:
   one of two seeds of the shared GE at 15 CPU-minutes, error 1.60 at every t from 0.05 to 0.99 (its twin: 0.68
   at t = 0.3, 0.003 at t = 0.99), 0.6 % structurally valid samples.
 """

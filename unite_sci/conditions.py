@@ -117,7 +117,7 @@ class ScalarEmbedder(nn.Module):
     ``kind="fourier"``: ``e_i(v) = [sin, cos](2 pi v f_i) A_i + b_i`` with ``num_freqs`` frozen frequencies
     ``f_i ~ N(0, 1)`` (the values are z-scores, so one period spans about one standard deviation) and ``A_i``
     Xavier-initialised: a z-score of 1 moves the embedding at Xavier scale from the first step, not by a
-    0.02-sized weight (measured no better on QM9's gap at 15 CPU-minutes: docs/fine-tuning.md)."""
+    0.02-sized weight (measured no better on a molecular property at 15 CPU-minutes: docs/fine-tuning.md)."""
 
     def __init__(self, num: int, width: int, kind: str = "linear", num_freqs: int = 64):
         super().__init__()
