@@ -85,6 +85,7 @@ METRICS: dict[str, dict[str, tuple[str, str]]] = {
                "recall": ("generation", "images/recall"),
                "class_agreement": ("generation", "images/class_agreement"),
                "pixel_diversity": ("generation", "images/pixel_diversity"),
+               "duplicate_share": ("generation", "images/duplicate_share"),  # near 1: the samples collapsed
                "gfid": ("generation", "images/gfid"),
                "nn_train_rmse": ("generation", "images/nn_train_rmse"),
                "psnr_db": ("reconstruction", "reconstruction/psnr_db"),

@@ -179,3 +179,17 @@ def test_quick_metrics_warn_when_the_samples_collapse(cache, capsys):
     assert m["images/duplicate_share"] == 1.0
     err = capsys.readouterr().err
     assert err.count("warning: 60 generated images collapsed") == 1
+
+
+@needs_fashion
+def test_evaluate_reports_and_warns_when_the_samples_collapse(cache, capsys):
+    """A benchmark scores with ``evaluate``: a collapsed model's numbers come with the same one-line warning."""
+    a = _adapter("data.num_train=200", "data.num_test=60", "data.nn_reference_count=32", "data.domain_metrics=false")
+    real = _test_samples(a, 60)
+    healthy = a.evaluate(real)
+    assert healthy["images/spread_ratio"] == pytest.approx(1.0) and healthy["images/duplicate_share"] == 0.0
+    assert "collapsed" not in capsys.readouterr().err
+    one_image = [ImageSample(real[0].image.copy(), real[0].label) for _ in range(60)]
+    m = a.evaluate(one_image)
+    assert m["images/spread_ratio"] < 0.01 and m["images/duplicate_share"] == 1.0
+    assert capsys.readouterr().err.count("warning: 60 generated images collapsed") == 1

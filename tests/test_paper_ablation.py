@@ -116,8 +116,8 @@ def test_skipped_row_and_finished_jobs_in_the_table(tmp_path):
     opts = StudyOptions(seeds=[0, 1], run=False)
     report = run_study("images", "images", ROWS, str(tmp_path), [1.0], 10, opts, [],
                        skipped={"pixel_unet": NO_DIFFUSERS}).read_text()
-    # fd: the data set's fd_<set> key; precision, class agreement, diversity: absent from these results
-    assert ("| unite | 1.0 | 2 | 12.00 [12.00–12.00] | – | 0.50 [0.50–0.50] | – | – | 90.00 [80.00–100.00] |"
+    # fd: the data set's fd_<set> key; precision, class agreement, diversity, duplicates: absent here
+    assert ("| unite | 1.0 | 2 | 12.00 [12.00–12.00] | – | 0.50 [0.50–0.50] | – | – | – | 90.00 [80.00–100.00] |"
             in report)
     assert "| pixel_unet | 1.0 | 0 |" in report and NO_DIFFUSERS in report
     assert "60.00 [60.00–60.00] | 1.00 [1.00–1.00] |" in report  # wall seconds and threads of every row

@@ -193,7 +193,7 @@ class ImageAdapter(AdapterBase):
         self._inception: nn.Module | None = None
         self._classifier: Any = None  # classifier.Classifier and its training features, built on first use
         self._reference: np.ndarray | None = None
-        self._real: np.ndarray | None = None  # test images behind the collapse check (quick_metrics)
+        self._real: np.ndarray | None = None  # test images behind the collapse check (quick_metrics, evaluate)
 
     # ------------------------------------------------------------------ data
     def _sources(self) -> dict[str, idata.ImageSource]:
@@ -390,7 +390,8 @@ class ImageAdapter(AdapterBase):
 
     def evaluate(self, samples: list[ImageSample], per_sample_csv: str | None = None) -> dict[str, Any]:
         """Domain metrics (``domain.py``: fd_<set>, precision / recall, class agreement, pixel diversity; the
-        default decision metrics), opt-in Inception gFID (``data.fid``), and a memorisation check."""
+        default decision metrics), opt-in Inception gFID (``data.fid``), a memorisation check, and the collapse
+        check of ``quick_metrics`` (``images/spread_ratio``, ``images/duplicate_share``, one warning line)."""
         from . import fid
 
         samples = self.with_labels(samples)
@@ -411,6 +412,7 @@ class ImageAdapter(AdapterBase):
                            "gfid_reference": f"{g['reference']} ({g['num_reference']} images)",
                            "inception": g["inception"], "fid_preprocessing": g["preprocessing"],
                            "fid_note": g["note"]})
+        result.update(self._collapse_check(images))
         rmse, idx = self.nearest_train(images)
         result["images/nn_train_rmse"] = float(np.nanmean(rmse))
         result["nn_train_reference"] = min(self.cfg.nn_reference_count, len(self.build_splits()["train"]))
@@ -435,8 +437,6 @@ class ImageAdapter(AdapterBase):
         ``images/spread_ratio`` / ``images/duplicate_share``: the core collapse check (``unite_sci.collapse``)
         in pixels against as many test images; a collapsed set prints one warning line.
         """
-        from unite_sci import collapse
-
         from .domain import pixel_diversity
 
         samples = self.with_labels(samples)
@@ -447,8 +447,17 @@ class ImageAdapter(AdapterBase):
         out = {"images/class_diversity": float(np.mean(spread)) if spread else 0.0,
                "images/pixel_diversity": pixel_diversity(self.stack(samples), labels) or 0.0,
                "images/nn_train_rmse": float(np.nanmean(rmse))}
-        out.update({f"images/{k}": v for k, v in collapse.sample_spread(images, self._real_pixels(len(images))).items()})
-        collapse.warn(collapse.collapse_warning(out, f"{len(images)} generated images"))
+        out.update(self._collapse_check(self.stack(samples)))
+        return out
+
+    def _collapse_check(self, images: np.ndarray) -> dict[str, float]:
+        """``images/spread_ratio`` and ``images/duplicate_share`` (``unite_sci.collapse``) of uint8 images
+        (N, C, H, W) in pixels against as many test images; a collapsed set prints one warning line."""
+        from unite_sci import collapse
+
+        pixels = images.astype(np.float32) / 255.0
+        out = {f"images/{k}": v for k, v in collapse.sample_spread(pixels, self._real_pixels(len(pixels))).items()}
+        collapse.warn(collapse.collapse_warning(out, f"{len(pixels)} generated images"))
         return out
 
     def _real_pixels(self, num: int) -> np.ndarray:
