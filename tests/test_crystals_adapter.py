@@ -179,6 +179,18 @@ def test_evaluate_names_protocol_and_smact():
     assert m["MP-20 offline/elements_per_crystal"] > 1
 
 
+def test_evaluate_warns_when_the_generated_crystals_collapse(capsys):
+    """Twelve copies of one real crystal: valid, 1 of 12 unique, one warning; twelve real crystals: none."""
+    a, _, _ = make()
+    train, test = a.build_splits()["train"], a.build_splits()["test"]
+    items = a.batch_to_domain(a.collate([train[i] for i in range(9)] + [test[i] for i in range(3)]))
+    assert a.evaluate(items)["MP-20 offline/unique_pct"] > 50 and "collapsed" not in capsys.readouterr().err
+    same = a.batch_to_domain(a.collate([train[0]] * 12))
+    m = a.evaluate(same)
+    assert m["MP-20 offline/valid_pct"] == 100.0 and m["MP-20 offline/unique_pct"] == pytest.approx(100 / 12, abs=0.01)
+    assert capsys.readouterr().err.count("warning: 12 generated crystals collapsed: 8.3 % of the 12 valid ones") == 1
+
+
 @pytest.mark.parametrize("bad", ["data.dataset=mp21", "data.max_atoms=-1", "data.coord_freqs=0",
                                  "data.oxidation_states=smact9", "data.holdout_fraction=1.5",
                                  "data.type_decode=vote"])
