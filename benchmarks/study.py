@@ -76,6 +76,7 @@ METRICS: dict[str, dict[str, tuple[str, str]]] = {
             "train_steps": ("", "train_steps")},
     "mp20": {"valid": ("generation", "valid_pct"), "comp_valid": ("generation", "comp_valid_pct"),
              "struct_valid": ("generation", "struct_valid_pct"),
+             "unique": ("generation", "unique_pct"),  # low: the generator collapsed (validity then says little)
              "elements_per_crystal": ("generation", "elements_per_crystal"),
              "match": ("reconstruction", "match_rate_pct"), "match_ungated": ("reconstruction", "match_rate_ungated_pct"),
              "rmse": ("reconstruction", "rmse"), "train_steps": ("", "train_steps")},

@@ -59,13 +59,14 @@ def test_study_columns_find_protocol_prefixed_metrics():
     from unite_sci_benchmarks.study import METRICS, _row, metrics_for
 
     res = {"generation": {"MP-20 offline/valid_pct": 80.0, "MP-20 offline/comp_valid_pct": 82.0,
-                          "MP-20 offline/struct_valid_pct": 99.0, "MP-20 offline/elements_per_crystal": 3.1},
+                          "MP-20 offline/struct_valid_pct": 99.0, "MP-20 offline/unique_pct": 99.5,
+                          "MP-20 offline/elements_per_crystal": 3.1},
            "reconstruction": {"MP-20 offline/match_rate_pct": 88.0, "MP-20 offline/match_rate_ungated_pct": 97.0,
                               "MP-20 offline/rmse": 0.02},
            "train_steps": 1234}
     row = _row(res, METRICS["mp20"])
-    assert row == {"valid": 80.0, "comp_valid": 82.0, "struct_valid": 99.0, "elements_per_crystal": 3.1,
-                   "match": 88.0, "match_ungated": 97.0, "rmse": 0.02, "train_steps": 1234}
+    assert row == {"valid": 80.0, "comp_valid": 82.0, "struct_valid": 99.0, "unique": 99.5,
+                   "elements_per_crystal": 3.1, "match": 88.0, "match_ungated": 97.0, "rmse": 0.02, "train_steps": 1234}
     toy = metrics_for("toy", {"generation": {"validity": 50.0, "note": "x"}})
     assert toy == {"validity": ("generation", "validity"), "train_steps": ("", "train_steps")}
 
