@@ -184,7 +184,7 @@ def test_quick_metrics_warn_when_the_samples_collapse(cache, capsys):
 @needs_fashion
 def test_evaluate_reports_and_warns_when_the_samples_collapse(cache, capsys):
     """A benchmark scores with ``evaluate``: a collapsed model's numbers come with the same one-line warning."""
-    a = _adapter("data.num_train=200", "data.num_test=60", "data.nn_reference_count=32", "data.domain_metrics=false")
+    a = _adapter("data.num_train=200", "data.num_test=60", "data.nn_reference_count=32")  # domain metrics on
     real = _test_samples(a, 60)
     healthy = a.evaluate(real)
     assert healthy["images/spread_ratio"] == pytest.approx(1.0) and healthy["images/duplicate_share"] == 0.0

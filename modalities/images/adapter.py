@@ -440,14 +440,15 @@ class ImageAdapter(AdapterBase):
         from .domain import pixel_diversity
 
         samples = self.with_labels(samples)
-        images = self.stack(samples).astype(np.float32) / 255.0  # (N, C, H, W)
+        raw = self.stack(samples)  # (N, C, H, W) uint8
+        images = raw.astype(np.float32) / 255.0
         labels = np.array([s.label for s in samples])
         spread = [images[labels == c].std(0).mean() for c in np.unique(labels) if (labels == c).sum() > 1]
-        rmse, _ = self.nearest_train(self.stack(samples))
+        rmse, _ = self.nearest_train(raw)
         out = {"images/class_diversity": float(np.mean(spread)) if spread else 0.0,
-               "images/pixel_diversity": pixel_diversity(self.stack(samples), labels) or 0.0,
+               "images/pixel_diversity": pixel_diversity(raw, labels) or 0.0,
                "images/nn_train_rmse": float(np.nanmean(rmse))}
-        out.update(self._collapse_check(self.stack(samples)))
+        out.update(self._collapse_check(raw))
         return out
 
     def _collapse_check(self, images: np.ndarray) -> dict[str, float]:
